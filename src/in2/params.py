@@ -26,7 +26,11 @@ KINDS = ("fine_grained", "integration", "short", "general")
 PROBE_TASKS = ("document", "code", "database")
 
 
-class ParamsError(ValueError):
+class InputError(ValueError):
+    """Bad user input (params, files, data); the message says where and what to do."""
+
+
+class ParamsError(InputError):
     """A params file that cannot be used; the message names the file and the dotted key."""
 
 

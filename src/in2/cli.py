@@ -1,0 +1,93 @@
+"""The `in2` command: helpers around the pipeline (the pipeline itself is `dvc repro`).
+
+  in2 profile NAME     merge configs/profiles/NAME.yaml into params.yaml (validated first)
+  in2 show EXAMPLE_ID  decode one IN2 example: its context with the gold segments marked
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from in2.outputs import atomic_file
+from in2.params import InputError, deep_merge, parse_params
+
+PROFILES = Path("configs/profiles")
+
+
+def apply_profile(name: str, params_path: Path) -> list[str]:
+    """Write params.yaml merged with a profile; returns the dotted keys that changed."""
+    profile_path = PROFILES / f"{name}.yaml"
+    if not profile_path.is_file():
+        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise InputError(f"no profile '{name}' in {PROFILES}/; known profiles: {known}")
+    base = yaml.safe_load(params_path.read_text()) or {}
+    override = yaml.safe_load(profile_path.read_text()) or {}
+    merged = deep_merge(base, override)
+    parse_params(merged, f"{params_path} + {profile_path}")
+    with atomic_file(params_path) as tmp:
+        tmp.write_text(
+            f"# {params_path} with profile '{name}' applied (in2 profile {name})\n"
+            + yaml.safe_dump(merged, sort_keys=False)
+        )
+    return sorted(_changed(base, merged))
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in new.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            keys |= _changed(old[key], value, f"{name}.")
+        elif old.get(key) != value:
+            keys.add(name)
+    return keys
+
+
+def show_example(example_id: str, data_dir: Path = Path("data")) -> str:
+    """Human-readable rendering of one example, decoded on demand from segment ids."""
+    from in2.model import load_tokenizer
+    from in2.segments import SegmentStore
+
+    for split in ("train", "val"):
+        frame = pd.read_parquet(data_dir / "in2" / f"{split}.parquet")
+        match = frame[frame["example_id"] == example_id]
+        if len(match):
+            row = match.iloc[0]
+            break
+    else:
+        raise InputError(f"no example '{example_id}' in {data_dir / 'in2'}/{{train,val}}.parquet")
+    tokenizer = load_tokenizer("models/base")
+    store = SegmentStore.open(data_dir / "segments")
+    gold = dict(zip(row["gold_slots"], row["gold_segments"], strict=True))
+    lines = [f"{example_id} [{split}] kind={row['kind']} n_tokens={row['n_tokens']}"]
+    for slot, seg in enumerate(row["context_segments"]):
+        mark = ">>> GOLD" if slot in gold else "   filler"
+        text = tokenizer.decode(store.ids(int(seg)).tolist())
+        lines.append(f"{mark} slot {slot} seg {seg}: {text}")
+    lines += [f"QUESTION: {row['question']}", f"ANSWER: {row['answer']}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="in2", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("profile", help="merge a profile from configs/profiles/ into params.yaml")
+    p.add_argument("name")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    s = sub.add_parser("show", help="decode one IN2 example")
+    s.add_argument("example_id")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "profile":
+            changed = apply_profile(args.name, args.params)
+            print(f"{args.params}: profile '{args.name}' applied; changed: {', '.join(changed)}")
+        else:
+            print(show_example(args.example_id))
+    except (InputError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,31 @@
+"""Stage segment: training documents -> 128-token segments (data/segments/)."""
+
+import numpy as np
+import pandas as pd
+
+from in2.model import load_tokenizer
+from in2.outputs import atomic_dir, write_json
+from in2.segments import INDEX_FILE, TOKENS_FILE, segment_documents
+from in2.stage import log, run_stage
+
+
+def main(params, args) -> None:
+    docs = pd.read_parquet("data/corpus/train.parquet")
+    tokenizer = load_tokenizer("models/base")
+    tokens, index = segment_documents(docs, tokenizer, params.segment)
+    with atomic_dir("data/segments") as out:
+        np.save(out / TOKENS_FILE, tokens)
+        index.to_parquet(out / INDEX_FILE, index=False)
+    stats = {
+        "documents": len(docs),
+        "documents_with_segments": int(index["doc_id"].nunique()),
+        "segments": len(index),
+        "full_length_segments": int((index["n_tokens"] == params.segment.length).sum()),
+        "tokens": len(tokens),
+    }
+    log.info("segment: %s", stats)
+    write_json("metrics/segment.json", stats)
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)

@@ -1,0 +1,64 @@
+"""params.yaml is validated before any work; errors name the dotted key and what was expected."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from in2.cli import apply_profile
+from in2.params import InputError, ParamsError, deep_merge, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_and_profiles_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.segment.length == 128
+    assert params.synthesize.mix == {
+        "fine_grained": 0.63, "integration": 0.17, "short": 0.09, "general": 0.11
+    }
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    for profile in (REPO / "configs/profiles").glob("*.yaml"):
+        parse_params(deep_merge(base, yaml.safe_load(profile.read_text())), str(profile))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"synthesize": {"mix": {"fine_grained": 0.5, "integration": 0.4}}},
+         "synthesize.mix: fractions must sum to 1, got 0.9"),
+        ({"synthesize": {"mix": {"fine_grained": 0.9, "long": 0.1}}},
+         "synthesize.mix: unknown kind(s) ['long']"),
+        ({"segment": {"length": 0}}, "segment.length: Input should be greater than 0 (got 0)"),
+        ({"synthesize": {"context_tokens": {"min": 2048, "max": 1024}}},
+         "synthesize.context_tokens: min (2048) must be <= max (1024)"),
+        ({"trian": {"epochs": 1}}, "trian: unknown key"),
+        ({"train": {"learning_rate": "fast"}}, "train.learning_rate: Input should be a valid number"),
+        ({"train": {"micro_batch_size": 3}},
+         "train: global_batch_size (4) must be a multiple of micro_batch_size (3)"),
+        ({"validate": {"alpha": 1.5}}, "validate.alpha: Input should be less than 1"),
+        ({"model": {"source": "pretrained"}},
+         "model: name_or_path is required when source is 'pretrained'"),
+    ],
+)
+def test_bad_params_name_the_key(override, message):
+    with pytest.raises(ParamsError) as err:
+        parse_params(override, "params.yaml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("params.yaml: invalid params")
+
+
+def test_missing_params_file_says_what_to_do(tmp_path):
+    with pytest.raises(ParamsError, match="not found; run from the repository root"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_profile_merges_and_validates(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    changed = apply_profile("smoke", params)
+    assert "model.source" in changed
+    assert load_params(params).model.source == "random_init"
+    with pytest.raises(InputError, match="no profile 'nope' in configs/profiles/; known profiles"):
+        apply_profile("nope", params)
