@@ -196,6 +196,9 @@ class TrainParams(_Section):
     """Passes over the training set (paper: 1)."""
     freeze_embeddings: bool = True
     """Keep the (tied) token embeddings fixed; cheaper and steadier for small models."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`auto`: bf16 autocast where the hardware computes bf16 natively (recent GPUs, CPUs with
+    AVX512-BF16), else fp32. Weights and optimizer state stay fp32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory on long contexts."""
     prompt_format: Literal["chat", "film"] = "chat"

@@ -32,6 +32,7 @@ def run_stage(
 ) -> None:
     """Parse arguments, load and validate params, run `main`, turn user errors into exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     p = parser(description)
     if configure is not None:
         configure(p)

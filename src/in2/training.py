@@ -1,0 +1,390 @@
+"""IN2 training: an accelerate loop with the loss on the answer tokens only.
+
+The long context and the question are the instruction; only the answer is learned. The output
+layer therefore runs only on the positions that predict answer tokens (`AnswerOnlyLoss`): the
+fp32 [T, vocab] logits of a 32K-token context are ~4 GB for Mistral's 32K vocabulary (more with
+their gradient), and all but a few dozen rows of them would be thrown away.
+
+The same loop runs under plain `python` on one CPU and under `accelerate launch` / `torchrun`
+on many processes (see in2.batching for the global batch arithmetic).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+
+from in2.batching import (
+    IGNORE_INDEX,
+    BatchPlan,
+    EncodedExample,
+    ExampleEncoder,
+    collate,
+    plan_batches,
+    process_micro_batches,
+    step_schedule,
+)
+from in2.model import save_model
+from in2.outputs import atomic_dir, atomic_file, write_json
+from in2.params import InputError, Params
+from in2.tracking import mlflow_run
+
+log = logging.getLogger(__name__)
+
+
+def require_passed_gate(summary_path: str | Path, data_files: Sequence[str | Path]) -> str:
+    """Refuse to train unless the quality gate passed on exactly these data files.
+
+    Returns the dataset md5 the gate recorded (the version tag of the training data).
+    """
+    # Imported here: in2.quality imports Great Expectations (~3 s), only this check needs it.
+    from in2.quality import dataset_fingerprint
+
+    path = Path(summary_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run `dvc repro validate` to build it")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg}); run `dvc repro validate`") from None
+    if summary.get("success") is not True:
+        raise InputError(
+            f"the data quality gate did not pass ({path}: success={summary.get('success')!r}); "
+            "read its Data Docs under reports/data_quality/, fix the data and `dvc repro validate`"
+        )
+    checked = summary.get("dataset", {}).get("files", {})
+    for file in data_files:
+        if checked.get(str(file)) != dataset_fingerprint([file])["md5"]:
+            raise InputError(
+                f"{file} is not the file the quality gate passed ({path}); "
+                "run `dvc repro validate` (or `dvc repro train`, which runs it first)"
+            )
+    return summary["dataset"]["md5"]
+
+
+class AnswerOnlyLoss(nn.Module):
+    """A causal LM whose forward returns the summed cross-entropy of the answer tokens only.
+
+    The decoder body gives hidden states; the output layer runs on the positions whose next
+    token is labelled. Wrapping the model (rather than calling its body from the loop) keeps
+    the forward pass going through DDP/FSDP wrappers, which must see it to sync gradients.
+    """
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        body = self.lm.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        )
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        keep = targets != IGNORE_INDEX
+        hidden = body.last_hidden_state[:, :-1][keep]  # [answer tokens, hidden]
+        logits = self.lm.get_output_embeddings()(hidden).float()
+        return F.cross_entropy(logits, targets[keep], reduction="sum")
+
+
+@dataclass(frozen=True)
+class StepLog:
+    step: int
+    loss: float
+    """Mean cross-entropy over the answer tokens of the step's global batch."""
+    lr: float
+    """Learning rate this step was taken with."""
+    grad_norm: float
+    """Gradient norm before clipping."""
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where the stage writes (DVC outs and metrics)."""
+
+    model_dir: Path = Path("models/in2")
+    metrics: Path = Path("metrics/train.json")
+    loss_csv: Path = Path("metrics/train_loss.csv")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    plan: BatchPlan
+    history: list[StepLog]
+    val_loss: float | None
+    train_tokens: int
+    wall_seconds: float
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1].loss
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.wall_seconds if self.wall_seconds else 0.0
+
+
+def _optimizer(lm: PreTrainedModel, params: Params) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; weight decay on matrices only (not norms/biases)."""
+    if params.train.freeze_embeddings:
+        # Tied models (SmolLM2) share this tensor with lm_head, so the output layer freezes too.
+        lm.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in lm.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": params.train.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=params.train.learning_rate)
+
+
+def _mixed_precision(precision: str) -> str:
+    """accelerate's mixed_precision for `train.precision`.
+
+    `auto` picks bf16 autocast where the hardware computes it natively: a GPU with bf16, or a CPU
+    with AVX512-BF16/AMX (about 2x faster than fp32 there); fp32 elsewhere.
+    """
+    if precision != "auto":
+        return "bf16" if precision == "bf16" else "no"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+@torch.no_grad()
+def evaluate(
+    loss_fn: AnswerOnlyLoss,
+    encoder: ExampleEncoder,
+    examples: list[EncodedExample],
+    micro_batch_size: int,
+    pad_id: int,
+    accelerator: Accelerator,
+) -> float | None:
+    """Mean cross-entropy per answer token over `examples` (each process takes every n-th one)."""
+    if not examples:
+        return None
+    was_training = loss_fn.training
+    loss_fn.eval()
+    mine = examples[accelerator.process_index :: accelerator.num_processes]
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for i in range(0, len(mine), micro_batch_size):
+        batch = collate([encoder.ids(e) for e in mine[i : i + micro_batch_size]], pad_id)
+        with accelerator.autocast():
+            loss = loss_fn(
+                batch.input_ids.to(accelerator.device),
+                batch.attention_mask.to(accelerator.device),
+                batch.labels.to(accelerator.device),
+            )
+        total += torch.stack([loss.double(), (batch.labels != IGNORE_INDEX).sum().double()])
+    loss_fn.train(was_training)
+    loss_sum, n = accelerator.reduce(total, "sum").tolist()
+    return loss_sum / n
+
+
+def _run_steps(
+    accelerator: Accelerator,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    encoder: ExampleEncoder,
+    examples: list[EncodedExample],
+    plan: BatchPlan,
+    schedule: np.ndarray,
+    pad_id: int,
+    max_grad_norm: float,
+    mlflow: Any,
+) -> tuple[list[StepLog], int]:
+    """The optimizer steps; returns the step log and the real tokens processed (all processes)."""
+    answer_len = np.array([len(e.answer) for e in examples])
+    history: list[StepLog] = []
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    bar = tqdm(schedule, desc="train", unit="step", disable=not accelerator.is_main_process)
+    for step, indices in enumerate(bar, start=1):
+        # Normalise by the answer tokens of the whole global batch (every rank knows them), so the
+        # gradient is the per-token mean however the answers fall into micro-batches and ranks;
+        # × world size because DDP averages gradients over processes.
+        n_answer = float(answer_len[indices].sum())
+        scale = plan.world_size / n_answer
+        loss_sum = torch.zeros((), device=accelerator.device)
+        micro = process_micro_batches(indices, plan, accelerator.process_index)
+        for i, ids in enumerate(micro):
+            batch = collate([encoder.ids(examples[j]) for j in ids], pad_id)
+            # Gradients are all-reduced on the last micro-batch of a step only.
+            with nullcontext() if i == len(micro) - 1 else accelerator.no_sync(loss_fn):
+                loss = loss_fn(
+                    batch.input_ids.to(accelerator.device),
+                    batch.attention_mask.to(accelerator.device),
+                    batch.labels.to(accelerator.device),
+                )
+                accelerator.backward(loss * scale)
+            loss_sum += loss.detach()
+            tokens += batch.n_tokens
+        grad_norm = accelerator.clip_grad_norm_(loss_fn.parameters(), max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_mean = accelerator.reduce(loss_sum, "sum").item() / n_answer
+        entry = StepLog(step, loss_mean, float(lr), float(grad_norm))
+        history.append(entry)
+        bar.set_postfix(loss=f"{entry.loss:.4f}", lr=f"{lr:.2e}")
+        if mlflow:
+            metrics = {"loss": entry.loss, "lr": entry.lr, "grad_norm": entry.grad_norm}
+            mlflow.log_metrics(metrics, step=step)
+    return history, int(accelerator.reduce(tokens, "sum").item())
+
+
+def train(
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    encoder: ExampleEncoder,
+    train_examples: list[EncodedExample],
+    val_examples: list[EncodedExample],
+    params: Params,
+    outputs: TrainOutputs = TrainOutputs(),
+    dataset_md5: str | None = None,
+) -> TrainResult:
+    """Train `lm` in place, evaluate, record an MLflow run and write the checkpoint and metrics."""
+    tp = params.train
+    set_seed(tp.seed)
+    # cpu=True without an accelerator: it is what lets accelerate see a `torchrun` CPU job (gloo).
+    accelerator = Accelerator(
+        cpu=not torch.accelerator.is_available(),
+        mixed_precision=_mixed_precision(params.train.precision),
+    )
+    plan = plan_batches(
+        tp.micro_batch_size,
+        tp.global_batch_size,
+        accelerator.num_processes,
+        len(train_examples),
+        tp.epochs,
+    )
+    log.info("%s", plan.describe())
+    if tp.gradient_checkpointing:
+        lm.activation_checkpointing_enable()
+    lm.train()
+    optimizer = _optimizer(lm, params)
+    # Not passed to accelerator.prepare: an AcceleratedScheduler steps once per process per
+    # optimizer step, while this schedule already counts optimizer steps of the global batch.
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(tp.warmup_ratio * plan.optimizer_steps), plan.optimizer_steps
+    )
+    loss_fn, optimizer = accelerator.prepare(AnswerOnlyLoss(lm), optimizer)
+    pad_id = tokenizer.pad_token_id
+
+    main = accelerator.is_main_process
+    run_params = {"train": tp.model_dump(), "model": params.model.model_dump()}
+    tags = {"dataset_md5": dataset_md5} if dataset_md5 else {}
+    with mlflow_run("train", params=run_params, tags=tags) if main else nullcontext() as mlflow:
+        if mlflow:
+            mlflow.log_params(
+                {"gradient_accumulation": plan.gradient_accumulation, "world_size": plan.world_size}
+            )
+        start = time.perf_counter()
+        history, n_tokens = _run_steps(
+            accelerator,
+            loss_fn,
+            optimizer,
+            scheduler,
+            encoder,
+            train_examples,
+            plan,
+            step_schedule(plan, tp.seed),
+            pad_id,
+            tp.max_grad_norm,
+            mlflow,
+        )
+        wall = time.perf_counter() - start
+        unwrapped = accelerator.unwrap_model(loss_fn)
+        val_loss = evaluate(
+            unwrapped, encoder, val_examples, tp.micro_batch_size, pad_id, accelerator
+        )
+        result = TrainResult(plan, history, val_loss, n_tokens, wall)
+        log.info(
+            "trained %d steps in %.0f s (%.0f tokens/s): final loss %.4f, val loss %s",
+            len(history),
+            wall,
+            result.tokens_per_second,
+            result.final_loss,
+            "n/a" if val_loss is None else f"{val_loss:.4f}",
+        )
+        if mlflow:
+            mlflow.log_metrics(_summary_metrics(result))
+    accelerator.wait_for_everyone()
+    if main:
+        write_outputs(unwrapped.lm, tokenizer, result, params, outputs, dataset_md5)
+    return result
+
+
+def _summary_metrics(result: TrainResult) -> dict[str, float]:
+    metrics = {
+        "train_loss": result.final_loss,
+        "tokens_per_second": result.tokens_per_second,
+        "wall_seconds": result.wall_seconds,
+        "global_batch_size": result.plan.global_batch_size,
+        "gradient_accumulation": result.plan.gradient_accumulation,
+    }
+    if result.val_loss is not None:
+        metrics["val_loss"] = result.val_loss
+    return metrics
+
+
+def trainer_state(result: TrainResult, params: Params, dataset_md5: str | None) -> dict[str, Any]:
+    """What the checkpoint was trained with and how it went; no timings, so it hashes the same
+    for the same params and data."""
+    return {
+        "optimizer_steps": len(result.history),
+        "examples_seen": result.plan.optimizer_steps * result.plan.global_batch_size,
+        "final_train_loss": result.final_loss,
+        "val_loss": result.val_loss,
+        "batch": asdict(result.plan),
+        "seed": params.train.seed,
+        "train": params.train.model_dump(),
+        "dataset_md5": dataset_md5,
+        "log_history": [asdict(h) for h in result.history],
+    }
+
+
+def write_outputs(
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    result: TrainResult,
+    params: Params,
+    outputs: TrainOutputs,
+    dataset_md5: str | None,
+) -> None:
+    """Checkpoint folder, metrics JSON and the loss curve CSV, each written atomically."""
+    with atomic_dir(outputs.model_dir) as out:
+        save_model(lm, tokenizer, out)
+        write_json(out / "trainer_state.json", trainer_state(result, params, dataset_md5))
+    metrics = {
+        "final_train_loss": result.final_loss,
+        "val_loss": result.val_loss,
+        "optimizer_steps": len(result.history),
+        "examples": result.plan.n_examples,
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "wall_seconds": round(result.wall_seconds, 1),
+    }
+    write_json(outputs.metrics, metrics)
+    with atomic_file(outputs.loss_csv) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss", "lr"])
+        writer.writerows([h.step, f"{h.loss:.6f}", f"{h.lr:.6g}"] for h in result.history)
+    log.info("wrote %s, %s, %s", outputs.model_dir, outputs.metrics, outputs.loss_csv)

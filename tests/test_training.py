@@ -1,0 +1,281 @@
+"""IN2 training: answer-only labels and loss, global batch arithmetic, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from in2.batching import (
+    IGNORE_INDEX,
+    ExampleEncoder,
+    collate,
+    plan_batches,
+    process_micro_batches,
+    step_schedule,
+)
+from in2.model import load_model, load_tokenizer
+from in2.params import InputError, parse_params
+from in2.prompting import PromptEncoder
+from in2.segments import INDEX_FILE, TOKENS_FILE, SegmentStore
+from in2.training import AnswerOnlyLoss, TrainOutputs, require_passed_gate, train
+
+SEG_LEN = 16
+N_SEGMENTS = 8
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def segments(tmp_path_factory: pytest.TempPathFactory) -> SegmentStore:
+    """A small data/segments/ folder: random token ids, fixed-length segments."""
+    folder = tmp_path_factory.mktemp("segments")
+    rng = np.random.default_rng(0)
+    np.save(folder / TOKENS_FILE, rng.integers(100, 20_000, SEG_LEN * N_SEGMENTS, dtype=np.uint32))
+    pd.DataFrame(
+        {
+            "seg_id": np.arange(N_SEGMENTS, dtype=np.int64),
+            "doc_id": [f"d{i // 2}" for i in range(N_SEGMENTS)],
+            "start": np.arange(N_SEGMENTS, dtype=np.int64) * SEG_LEN,
+            "n_tokens": np.full(N_SEGMENTS, SEG_LEN, dtype=np.int32),
+            "index_in_doc": np.arange(N_SEGMENTS, dtype=np.int32) % 2,
+        }
+    ).to_parquet(folder / INDEX_FILE, index=False)
+    return SegmentStore.open(folder)
+
+
+@pytest.fixture(scope="module")
+def encoder(tokenizer, segments: SegmentStore) -> ExampleEncoder:
+    return ExampleEncoder(PromptEncoder.create(tokenizer, "chat"), segments, max_seq_len=512)
+
+
+def test_labels_are_exactly_the_answer_ids(encoder: ExampleEncoder) -> None:
+    prompts = encoder.prompts
+    ex = encoder.encode("ex0", [3, 1, 5], "What follows the cue?", "the answer", n_context=48)
+    input_ids, labels = encoder.ids(ex)
+
+    context = encoder.segments.context_ids([3, 1, 5]).astype(np.int64).tolist()
+    prompt = prompts.prefix() + context + prompts.suffix("What follows the cue?")
+    answer = prompts.answer("the answer")
+    assert input_ids.tolist() == prompt + answer
+    assert ex.n_tokens == len(input_ids)
+    assert (labels[: len(prompt)] == IGNORE_INDEX).all()  # context and question: no loss
+    assert labels[len(prompt) :].tolist() == answer
+
+
+def test_example_without_context_uses_the_no_context_prompt(encoder: ExampleEncoder) -> None:
+    ex = encoder.encode("gen0", [], "Name a colour.", "Blue.", n_context=0)
+    input_ids, labels = encoder.ids(ex)
+    prompt = encoder.prompts.no_context("Name a colour.")
+    assert input_ids.tolist() == prompt + encoder.prompts.answer("Blue.")
+    assert (labels[: len(prompt)] == IGNORE_INDEX).all()
+
+
+def test_overlong_example_raises_naming_it(encoder: ExampleEncoder) -> None:
+    short = ExampleEncoder(encoder.prompts, encoder.segments, max_seq_len=64)
+    with pytest.raises(InputError, match=r"example too-long-7: \d+ tokens .* > train\.max_seq_len"):
+        short.encode("too-long-7", list(range(N_SEGMENTS)), "Q?", "A.")
+
+
+def test_context_length_mismatch_is_reported(encoder: ExampleEncoder) -> None:
+    with pytest.raises(InputError, match="n_tokens is 10 but its segments hold 32"):
+        encoder.encode("ex1", [0, 1], "Q?", "A.", n_context=10)
+
+
+def test_answer_only_loss_equals_full_logits_masked_loss(
+    tiny_model_dir: Path, encoder: ExampleEncoder
+) -> None:
+    """Two right-padded examples of different lengths: the sliced-logits loss and its gradients
+    equal those of a full forward with labels -100 outside the answers."""
+    examples = [
+        encoder.encode("a", [0, 1, 2], "Which words follow?", "these words here"),
+        encoder.encode("b", [4], "And now?", "short"),
+    ]
+    batch = collate([encoder.ids(e) for e in examples], encoder.prompts.tokenizer.pad_token_id)
+    assert batch.attention_mask[1].sum() < batch.attention_mask.shape[1]  # padding is exercised
+    lm = load_model(tiny_model_dir)
+
+    n_answer = sum(len(e.answer) for e in examples)
+    sliced = AnswerOnlyLoss(lm)(batch.input_ids, batch.attention_mask, batch.labels) / n_answer
+    sliced.backward()
+    sliced_grads = [p.grad.clone() for p in lm.parameters()]
+    lm.zero_grad()
+    full = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+    full.loss.backward()
+
+    torch.testing.assert_close(sliced, full.loss, rtol=1e-5, atol=1e-6)
+    for got, want in zip(sliced_grads, (p.grad for p in lm.parameters()), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(
+    tiny_model_dir: Path, encoder: ExampleEncoder
+) -> None:
+    """Recomputing activations must not change the gradients, with frozen (tied) embeddings."""
+    example = encoder.encode("a", [0, 1], "Which words follow?", "these words here")
+    batch = collate([encoder.ids(example)], encoder.prompts.tokenizer.pad_token_id)
+    grads = []
+    for checkpointing in (False, True):
+        lm = load_model(tiny_model_dir)
+        lm.get_input_embeddings().weight.requires_grad_(False)
+        if checkpointing:
+            lm.activation_checkpointing_enable()
+        lm.train()
+        AnswerOnlyLoss(lm)(batch.input_ids, batch.attention_mask, batch.labels).backward()
+        grads.append([p.grad for p in lm.parameters() if p.requires_grad])
+    assert all(g is not None for g in grads[1])
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    ("micro", "global_", "world", "n", "epochs", "accumulation", "steps", "repeated"),
+    [
+        (1, 4, 1, 96, 1, 4, 24, 0),  # the default profile
+        (2, 8, 2, 10, 1, 2, 2, 6),  # last step filled with 6 repeated examples
+        (4, 128, 8, 1000, 3, 4, 24, 72),
+    ],
+)
+def test_global_batch_arithmetic(
+    micro: int,
+    global_: int,
+    world: int,
+    n: int,
+    epochs: int,
+    accumulation: int,
+    steps: int,
+    repeated: int,
+) -> None:
+    plan = plan_batches(micro, global_, world, n, epochs)
+    assert plan.gradient_accumulation == accumulation
+    assert micro * plan.gradient_accumulation * world == global_
+    assert (plan.optimizer_steps, plan.repeated_examples) == (steps, repeated)
+
+    schedule = step_schedule(plan, seed=0)
+    assert schedule.shape == (steps, global_)
+    assert np.array_equal(schedule, step_schedule(plan, seed=0))  # deterministic
+    counts = np.bincount(schedule.ravel(), minlength=n)
+    assert counts.min() >= epochs  # every example seen every epoch
+    shares = [process_micro_batches(schedule[0], plan, r) for r in range(world)]
+    assert all(len(s) == accumulation and all(len(m) == micro for m in s) for s in shares)
+    assert sorted(np.concatenate([m for s in shares for m in s])) == sorted(schedule[0])
+
+
+@pytest.mark.parametrize(
+    ("micro", "global_", "world", "message"),
+    [
+        (2, 6, 2, "global_batch_size (6) must be a multiple of .* = 2 × 2 = 4"),
+        (1, 4, 3, "global_batch_size (4) must be a multiple of .* = 1 × 3 = 3"),
+    ],
+)
+def test_global_batch_that_does_not_divide_is_an_error(
+    micro: int, global_: int, world: int, message: str
+) -> None:
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_batches(micro, global_, world, n_examples=10, epochs=1)
+
+
+def test_training_refuses_data_the_quality_gate_did_not_pass(tmp_path: Path) -> None:
+    from in2.quality import dataset_fingerprint
+
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"examples v1")
+    summary = tmp_path / "summary.json"
+
+    def gate(success: bool) -> None:
+        summary.write_text(json.dumps({"success": success, "dataset": dataset_fingerprint([data])}))
+
+    gate(False)
+    with pytest.raises(InputError, match="data quality gate did not pass"):
+        require_passed_gate(summary, [data])
+    gate(True)
+    assert require_passed_gate(summary, [data]) == dataset_fingerprint([data])["md5"]
+    data.write_bytes(b"examples v2")  # changed after the gate ran
+    with pytest.raises(InputError, match="not the file the quality gate passed"):
+        require_passed_gate(summary, [data])
+    with pytest.raises(FileNotFoundError, match="dvc repro validate"):
+        require_passed_gate(tmp_path / "missing.json", [data])
+
+
+def test_tiny_end_to_end_run(
+    tiny_model_dir: Path,
+    tokenizer,
+    encoder: ExampleEncoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One example repeated: the loss must fall; outputs reload; an MLflow run is recorded."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    frame = pd.DataFrame(
+        {
+            "example_id": [f"rep{i}" for i in range(4)],
+            "context_segments": [[2, 6, 0]] * 4,
+            "question": ["What comes after the cue?"] * 4,
+            "answer": ["exactly these five words"] * 4,
+            "n_tokens": [3 * SEG_LEN] * 4,
+        }
+    )
+    train_examples = encoder.encode_frame(frame)
+    val_examples = [encoder.encode("val0", [1, 3], "Which?", "that one")]
+    params = parse_params(
+        {
+            "model": {"source": "random_init"},
+            "train": {
+                "micro_batch_size": 1,
+                "global_batch_size": 2,
+                "learning_rate": 3e-3,
+                "warmup_ratio": 0.0,
+                "epochs": 3,
+                "freeze_embeddings": True,
+                "max_seq_len": 512,
+            },
+        }
+    )
+    outputs = TrainOutputs(tmp_path / "models/in2", tmp_path / "train.json", tmp_path / "loss.csv")
+    lm = load_model(tiny_model_dir)
+    embeddings = lm.get_input_embeddings().weight.detach().clone()
+
+    result = train(lm, tokenizer, encoder, train_examples, val_examples, params, outputs, "md5x")
+
+    assert result.plan.optimizer_steps == 6
+    losses = [h.loss for h in result.history]
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert result.val_loss is not None and np.isfinite(result.val_loss)
+    assert torch.equal(lm.get_input_embeddings().weight, embeddings)  # frozen (and tied lm_head)
+
+    reloaded = load_model(outputs.model_dir)
+    for (name, a), b in zip(lm.state_dict().items(), reloaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    state = json.loads((outputs.model_dir / "trainer_state.json").read_text())
+    assert state["batch"]["gradient_accumulation"] == 2
+    assert state["optimizer_steps"] == 6 and state["dataset_md5"] == "md5x"
+    metrics = json.loads(outputs.metrics.read_text())
+    assert metrics["optimizer_steps"] == 6 and metrics["examples"] == 4
+    assert outputs.loss_csv.read_text().splitlines()[0] == "step,loss,lr"
+    assert len(outputs.loss_csv.read_text().splitlines()) == 7
+
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["in2"])
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["params.gradient_accumulation"] == "2"
+    assert run["tags.dataset_md5"] == "md5x"
+    assert run["metrics.val_loss"] == pytest.approx(result.val_loss)
+    history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "loss")
+    assert [m.step for m in history] == list(range(1, 7))
+
+
+def test_precision_param_maps_to_accelerate():
+    from in2.training import _mixed_precision
+
+    assert _mixed_precision("fp32") == "no"
+    assert _mixed_precision("bf16") == "bf16"
+    assert _mixed_precision("auto") in {"no", "bf16"}
