@@ -16,7 +16,8 @@ def main(params, args) -> None:
     store = SegmentStore.open("data/segments")
     texts = store.texts(load_tokenizer("models/base"))
     probe_texts = [
-        row["text"] for f in sorted(Path("data/probes").glob("*/contexts.jsonl"))
+        row["text"]
+        for f in sorted(Path("data/probes").glob("*/contexts.jsonl"))
         for row in read_jsonl(f)
     ]
     qa = pd.read_parquet("data/qa/qa.parquet")

@@ -93,16 +93,25 @@ def _segments(n_docs=30, per_doc=3):
     for d in range(n_docs):
         for j in range(per_doc):
             words = " ".join(f"d{d}s{j}w{k}" for k in range(40))
-            rows.append({"seg_id": sid, "doc_id": f"doc{d}", "index_in_doc": j,
-                         "text": f"{words}.", "n_tokens": 128, "start": sid * 128})
+            rows.append(
+                {
+                    "seg_id": sid,
+                    "doc_id": f"doc{d}",
+                    "index_in_doc": j,
+                    "text": f"{words}.",
+                    "n_tokens": 128,
+                    "start": sid * 128,
+                }
+            )
             sid += 1
     return pd.DataFrame(rows)
 
 
 def test_template_qa_is_grounded_and_deterministic():
     segs = _segments()
-    docs = pd.DataFrame({"doc_id": ["doc0", "doc1"], "title": ["A", "B"],
-                         "description": ["first thing", ""]})
+    docs = pd.DataFrame(
+        {"doc_id": ["doc0", "doc1"], "title": ["A", "B"], "description": ["first thing", ""]}
+    )
     qa, st = generate_template_qa(segs, docs, QAParams(), seed=1)
     qa2, _ = generate_template_qa(segs, docs, QAParams(), seed=1)
     pd.testing.assert_frame_equal(qa, qa2)
@@ -124,8 +133,9 @@ def _builder(params, seed=0, n_docs=60):
     segs = _segments(n_docs)
     index = segs[["seg_id", "doc_id", "start", "n_tokens", "index_in_doc"]]
     text = dict(zip(segs["seg_id"], segs["text"], strict=True))
-    return ContextBuilder(index, text, segs["seg_id"].to_numpy(), params, 128,
-                          np.random.default_rng(seed)), segs
+    return ContextBuilder(
+        index, text, segs["seg_id"].to_numpy(), params, 128, np.random.default_rng(seed)
+    ), segs
 
 
 def test_filler_count_range():
@@ -162,7 +172,7 @@ def test_gold_slots_are_uniform():
 
 def test_fillers_never_quote_the_cue():
     params = SynthesizeParams()
-    builder, segs = _builder(params)
+    builder, _ = _builder(params)
     ctx, _ = builder.long_context(0, [0], "doc0", ["d5s1w3"])  # a word of doc5 segment 1
     assert 16 not in ctx  # seg 16 = doc5 segment 1 quotes the cue
 
@@ -170,21 +180,35 @@ def test_fillers_never_quote_the_cue():
 def test_build_split_mix_and_shortage_message():
     params = SynthesizeParams(n_train=20)
     builder, segs = _builder(params)
-    qa, _ = generate_template_qa(segs, pd.DataFrame(
-        {"doc_id": [f"doc{i}" for i in range(60)], "title": ["t"] * 60,
-         "description": ["d"] * 60}), QAParams(), seed=0)
+    qa, _ = generate_template_qa(
+        segs,
+        pd.DataFrame(
+            {
+                "doc_id": [f"doc{i}" for i in range(60)],
+                "title": ["t"] * 60,
+                "description": ["d"] * 60,
+            }
+        ),
+        QAParams(),
+        seed=0,
+    )
     frame = build_split("train", 20, qa, builder, params)
     assert frame["kind"].value_counts().to_dict() == {
         k: v for k, v in mix_counts(20, params.mix).items() if v
     }
     assert frame["example_id"].is_unique
-    with pytest.raises(SynthesisError, match="need 720 fine_grained QA pairs \\(for fine_grained and short\\) but only 180"):
+    with pytest.raises(
+        SynthesisError,
+        match="need 720 fine_grained QA pairs \\(for fine_grained and short\\) but only 180",
+    ):
         build_split("train", 1000, qa, builder, params)
 
 
 def test_decontamination_drops_overlapping_segments():
-    text = {0: "one two three four five six seven eight nine ten eleven",
-            1: "completely different words that never appear in any probe at all"}
+    text = {
+        0: "one two three four five six seven eight nine ten eleven",
+        1: "completely different words that never appear in any probe at all",
+    }
     probe = ["prefix one two three four five six seven eight nine ten suffix"]
     assert contaminated_segments(text, probe, 10) == {0}
     assert contaminated_segments(text, probe, 11) == set()

@@ -15,7 +15,10 @@ def test_repo_params_and_profiles_are_valid():
     params = load_params(REPO / "params.yaml")
     assert params.segment.length == 128
     assert params.synthesize.mix == {
-        "fine_grained": 0.63, "integration": 0.17, "short": 0.09, "general": 0.11
+        "fine_grained": 0.63,
+        "integration": 0.17,
+        "short": 0.09,
+        "general": 0.11,
     }
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     for profile in (REPO / "configs/profiles").glob("*.yaml"):
@@ -25,20 +28,33 @@ def test_repo_params_and_profiles_are_valid():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"synthesize": {"mix": {"fine_grained": 0.5, "integration": 0.4}}},
-         "synthesize.mix: fractions must sum to 1, got 0.9"),
-        ({"synthesize": {"mix": {"fine_grained": 0.9, "long": 0.1}}},
-         "synthesize.mix: unknown kind(s) ['long']"),
+        (
+            {"synthesize": {"mix": {"fine_grained": 0.5, "integration": 0.4}}},
+            "synthesize.mix: fractions must sum to 1, got 0.9",
+        ),
+        (
+            {"synthesize": {"mix": {"fine_grained": 0.9, "long": 0.1}}},
+            "synthesize.mix: unknown kind(s) ['long']",
+        ),
         ({"segment": {"length": 0}}, "segment.length: Input should be greater than 0 (got 0)"),
-        ({"synthesize": {"context_tokens": {"min": 2048, "max": 1024}}},
-         "synthesize.context_tokens: min (2048) must be <= max (1024)"),
+        (
+            {"synthesize": {"context_tokens": {"min": 2048, "max": 1024}}},
+            "synthesize.context_tokens: min (2048) must be <= max (1024)",
+        ),
         ({"trian": {"epochs": 1}}, "trian: unknown key"),
-        ({"train": {"learning_rate": "fast"}}, "train.learning_rate: Input should be a valid number"),
-        ({"train": {"micro_batch_size": 3}},
-         "train: global_batch_size (4) must be a multiple of micro_batch_size (3)"),
+        (
+            {"train": {"learning_rate": "fast"}},
+            "train.learning_rate: Input should be a valid number",
+        ),
+        (
+            {"train": {"micro_batch_size": 3}},
+            "train: global_batch_size (4) must be a multiple of micro_batch_size (3)",
+        ),
         ({"validate": {"alpha": 1.5}}, "validate.alpha: Input should be less than 1"),
-        ({"model": {"source": "pretrained"}},
-         "model: name_or_path is required when source is 'pretrained'"),
+        (
+            {"model": {"source": "pretrained"}},
+            "model: name_or_path is required when source is 'pretrained'",
+        ),
     ],
 )
 def test_bad_params_name_the_key(override, message):

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.e2e
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    assert out.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    )
     return out
 
 
@@ -35,7 +37,10 @@ def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     repo = tmp_path_factory.mktemp("smoke") / "in2"
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for name in filter(None, files):
         if (REPO / name).is_file():
@@ -60,8 +65,19 @@ def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 
 def test_every_stage_ran(smoke_repo):
     _, _, log = smoke_repo
-    for stage in ("base_model", "corpus", "segment", "probe_data", "qa", "synthesize",
-                  "validate", "train", "probe@base", "probe@in2", "report"):
+    for stage in (
+        "base_model",
+        "corpus",
+        "segment",
+        "probe_data",
+        "qa",
+        "synthesize",
+        "validate",
+        "train",
+        "probe@base",
+        "probe@in2",
+        "report",
+    ):
         assert f"Running stage '{stage}'" in log
 
 
@@ -81,8 +97,17 @@ def test_in2_data_contract(smoke_repo):
     repo, _, _ = smoke_repo
     index = pd.read_parquet(repo / "data/segments/segments.parquet")
     frames = {s: pd.read_parquet(repo / f"data/in2/{s}.parquet") for s in ("train", "val")}
-    columns = {"example_id", "kind", "context_segments", "gold_segments", "gold_slots",
-               "source_doc", "question", "answer", "n_tokens"}
+    columns = {
+        "example_id",
+        "kind",
+        "context_segments",
+        "gold_segments",
+        "gold_slots",
+        "source_doc",
+        "question",
+        "answer",
+        "n_tokens",
+    }
     assert len(frames["train"]) == 24 and len(frames["val"]) == 8
     for frame in frames.values():
         assert columns <= set(frame.columns)
@@ -103,11 +128,19 @@ def test_probe_contract(smoke_repo):
         queries = [json.loads(x) for x in (repo / f"data/probes/{task}/queries.jsonl").open()]
         assert {"context_id", "set_id", "text", "n_tokens", "n_items"} <= set(contexts[0])
         answer = {"completion"} if task != "database" else {"label", "description"}
-        assert {"task", "set_id", "position_id", "context_id", "question", "keyword"} | answer \
-            <= set(queries[0])
+        assert {
+            "task",
+            "set_id",
+            "position_id",
+            "context_id",
+            "question",
+            "keyword",
+        } | answer <= set(queries[0])
         for model in ("base", "in2"):
-            preds = [json.loads(x) for x in
-                     (repo / f"results/probe/{model}/{task}.predictions.jsonl").open()]
+            preds = [
+                json.loads(x)
+                for x in (repo / f"results/probe/{model}/{task}.predictions.jsonl").open()
+            ]
             assert len(preds) == len(queries)
             assert {"set_id", "position_id", "prediction", "score"} <= set(preds[0])
     for model in ("base", "in2"):

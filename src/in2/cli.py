@@ -1,7 +1,7 @@
 """The `in2` command: helpers around the pipeline (the pipeline itself is `dvc repro`).
 
-  in2 profile NAME     merge configs/profiles/NAME.yaml into params.yaml (validated first)
-  in2 show EXAMPLE_ID  decode one IN2 example: its context with the gold segments marked
+in2 profile NAME     merge configs/profiles/NAME.yaml into params.yaml (validated first)
+in2 show EXAMPLE_ID  decode one IN2 example: its context with the gold segments marked
 """
 
 from __future__ import annotations

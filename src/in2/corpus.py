@@ -96,6 +96,10 @@ def build_corpus(
     stats.words = int(docs["text"].str.split().str.len().sum())
     log.info(
         "corpus: %d read, %d kept (%d train, %d held out), dropped %s",
-        stats.read, stats.kept, stats.train_docs, stats.heldout_docs, stats.dropped,
+        stats.read,
+        stats.kept,
+        stats.train_docs,
+        stats.heldout_docs,
+        stats.dropped,
     )
     return train, heldout, stats

@@ -2,7 +2,8 @@
 
 DVC caches whatever sits at an output path when a stage ends; writing in place would let a crash
 leave a half-written file for it to cache (or for the next stage to read). `os.replace` of a
-sibling on the same file system is atomic, so readers see the old output or the new one, never a mix.
+sibling on the same file system is atomic, so readers see the old output or the new one, never
+a mix.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class ModelParams(_Section):
 
 class CorpusParams(_Section):
     source: Literal["wiki_offline"] = "wiki_offline"
-    """Corpus adapter. `wiki_offline`: 10,033 English Wikipedia summaries from an installed package."""
+    """Corpus adapter. `wiki_offline`: 10,033 English Wikipedia summaries from a package."""
     max_documents: int | None = Field(None, gt=0)
     """Keep only the first N documents (after shuffling with the seed); null keeps all."""
     min_words: int = Field(20, ge=1)
@@ -183,7 +183,8 @@ class TrainParams(_Section):
     micro_batch_size: int = Field(1, gt=0)
     """Examples per forward pass on one process."""
     global_batch_size: int = Field(4, gt=0)
-    """Examples per optimizer step = micro_batch_size × grad accumulation × world size (paper: 128)."""
+    """Examples per optimizer step = micro_batch_size × grad accumulation × world size
+    (paper: 128)."""
     learning_rate: float = Field(1e-4, gt=0)
     """Peak learning rate (paper: 1e-6 for a 7B model)."""
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -202,7 +203,8 @@ class TrainParams(_Section):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory on long contexts."""
     prompt_format: Literal["chat", "film"] = "chat"
-    """`chat`: the model's own chat template; `film`: the paper's FILM-7B (Mistral [INST]) template."""
+    """`chat`: the model's own chat template; `film`: the paper's FILM-7B template
+    (Mistral [INST] tags)."""
     max_seq_len: int = Field(2048, gt=0)
     """Longest prompt + answer; a longer example is an error, never truncated."""
     seed: int = 0

@@ -115,9 +115,7 @@ def fine_grained_question(cue: Cue) -> str:
 
 
 def integration_question(cues: list[Cue]) -> str:
-    parts = " ".join(
-        f'{i}. "{c.cue}" ({c.n_answer_words} words)' for i, c in enumerate(cues, 1)
-    )
+    parts = " ".join(f'{i}. "{c.cue}" ({c.n_answer_words} words)' for i, c in enumerate(cues, 1))
     return f"For each of these phrases from one article, which words directly follow it? {parts}"
 
 
@@ -138,8 +136,14 @@ def generate_template_qa(
             continue
         cues[seg.seg_id] = cue
         rows.append(
-            _row("fine_grained", [seg.seg_id], seg.doc_id, fine_grained_question(cue),
-                 cue.answer, [cue.cue])
+            _row(
+                "fine_grained",
+                [seg.seg_id],
+                seg.doc_id,
+                fine_grained_question(cue),
+                cue.answer,
+                [cue.cue],
+            )
         )
         stats.count(stats.accepted, "fine_grained")
 
@@ -153,8 +157,14 @@ def generate_template_qa(
         picked = [cues[s] for s in chosen]
         answer = " ".join(f"{i}. {c.answer}" for i, c in enumerate(picked, 1))
         rows.append(
-            _row("integration", chosen, doc_id, integration_question(picked), answer,
-                 [c.cue for c in picked])
+            _row(
+                "integration",
+                chosen,
+                doc_id,
+                integration_question(picked),
+                answer,
+                [c.cue for c in picked],
+            )
         )
         stats.count(stats.accepted, "integration")
 
@@ -164,10 +174,10 @@ def generate_template_qa(
             stats.count(stats.rejected, "general:no_description")
             continue
         rows.append(
-            _row("general", [], doc.doc_id, f"In a few words, what is {doc.title}?",
-                 description, [])
+            _row(
+                "general", [], doc.doc_id, f"In a few words, what is {doc.title}?", description, []
+            )
         )
         stats.count(stats.accepted, "general")
     log.info("qa: accepted %s, rejected %s", stats.accepted, stats.rejected)
     return pd.DataFrame(rows, columns=COLUMNS), stats
-

@@ -6,9 +6,9 @@ answer-bearing segment is known — the quality gate and the per-position analys
 Per example of a long-context kind:
   1. a target length is drawn inside one of `bins` equal-width bins of [min, max], the bins taken
      in turn, so context lengths are balanced over the range;
-  2. m full-length filler segments are drawn such that gold + m × length lands in [min, max]; fillers
-     never come from the gold document, never quote a cue of the question and never overlap the
-     probes (decontamination);
+  2. m full-length filler segments are drawn such that gold + m × length lands in [min, max];
+     fillers never come from the gold document, never quote a cue of the question and never
+     overlap the probes (decontamination);
   3. each gold segment is put at its own uniformly random slot among the m + k slots.
 """
 
@@ -69,9 +69,7 @@ def ngrams(text: str, n: int) -> set[int]:
     return {hash(tuple(words[i : i + n])) for i in range(len(words) - n + 1)}
 
 
-def contaminated_segments(
-    segment_text: dict[int, str], probe_texts: list[str], n: int
-) -> set[int]:
+def contaminated_segments(segment_text: dict[int, str], probe_texts: list[str], n: int) -> set[int]:
     """Segments that share any word n-gram with a probe context (paper: 10-gram decontamination)."""
     probe = set().union(*(ngrams(t, n) for t in probe_texts)) if probe_texts else set()
     return {s for s, text in segment_text.items() if not ngrams(text, n).isdisjoint(probe)}
@@ -200,8 +198,11 @@ def build_split(
     ]
     rows = []
     for kind, frame in plan:
-        for i, qa_row in enumerate(tqdm(frame.itertuples(index=False), total=len(frame),
-                                        desc=f"{split}/{kind}", leave=False)):
+        for i, qa_row in enumerate(
+            tqdm(
+                frame.itertuples(index=False), total=len(frame), desc=f"{split}/{kind}", leave=False
+            )
+        ):
             gold = [int(s) for s in qa_row.gold_segments]
             if kind in LONG_KINDS:
                 context, slots = builder.long_context(
@@ -209,18 +210,20 @@ def build_split(
                 )
             else:  # short: the gold segment(s) alone; general: no context
                 context, slots = gold, list(range(len(gold)))
-            rows.append({
-                "example_id": _example_id(split, qa_row.qa_id, kind),
-                "qa_id": qa_row.qa_id,
-                "kind": kind,
-                "context_segments": context,
-                "gold_segments": gold,
-                "gold_slots": slots,
-                "source_doc": qa_row.source_doc,
-                "question": qa_row.question,
-                "answer": qa_row.answer,
-                "n_tokens": int(builder.n_tokens[context].sum()) if context else 0,
-            })
+            rows.append(
+                {
+                    "example_id": _example_id(split, qa_row.qa_id, kind),
+                    "qa_id": qa_row.qa_id,
+                    "kind": kind,
+                    "context_segments": context,
+                    "gold_segments": gold,
+                    "gold_slots": slots,
+                    "source_doc": qa_row.source_doc,
+                    "question": qa_row.question,
+                    "answer": qa_row.answer,
+                    "n_tokens": int(builder.n_tokens[context].sum()) if context else 0,
+                }
+            )
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
 
@@ -231,7 +234,8 @@ def histograms(frame: pd.DataFrame, params: SynthesizeParams, bins: int = 10) ->
     long = frame[frame["kind"].isin(LONG_KINDS)]
     edges = np.linspace(c.min, c.max, c.bins + 1)
     lengths = np.histogram(long["n_tokens"], bins=edges)[0]
-    length_hist = {f"{int(a)}-{int(b)}": int(n) for a, b, n in zip(edges, edges[1:], lengths)}
+    spans = zip(edges[:-1], edges[1:], lengths, strict=True)
+    length_hist = {f"{int(a)}-{int(b)}": int(n) for a, b, n in spans}
     rel = [
         (s + 0.5) / len(ctx)
         for ctx, slots in zip(long["context_segments"], long["gold_slots"], strict=True)
@@ -259,7 +263,9 @@ def synthesize(
     stats.dropped_qa_contaminated = len(qa) - len(clean_qa)
 
     val_docs = {
-        d for d in index["doc_id"].unique() if unit_hash(f"{seed}:val:{d}") < params.val_doc_fraction
+        d
+        for d in index["doc_id"].unique()
+        if unit_hash(f"{seed}:val:{d}") < params.val_doc_fraction
     }
     full = index["n_tokens"].to_numpy() == seg_len
     rng = np.random.default_rng(seed)
@@ -273,6 +279,9 @@ def synthesize(
         splits[split] = build_split(split, n, qa_split, builder, params)
         stats.counts[split] = dict(Counter(splits[split]["kind"]))
         stats.length_hist[split], stats.position_hist[split] = histograms(splits[split], params)
-    log.info("synthesize: %s; %d segments dropped by decontamination", stats.counts,
-             stats.decontaminated_segments)
+    log.info(
+        "synthesize: %s; %d segments dropped by decontamination",
+        stats.counts,
+        stats.decontaminated_segments,
+    )
     return splits["train"], splits["val"], stats
