@@ -1,0 +1,126 @@
+"""VaL probing scores, computed exactly as the paper's evaluation script (microsoft/FILM plot.py).
+
+Per query: word-level recall (document), substring match of the function name (code), relaxed
+match of label or description (database). Per task: per-position scores are averaged into bins of
+`bin_size` positions within each set, the bins are averaged over sets (std over sets = error bar),
+Avg is the mean of the bins and Gap the max bin minus the min bin.
+
+One deliberate difference: the paper's loop `range(start, start + span - 1)` leaves the last
+position of every bin out; here a bin holds all of its positions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def _gold(text: str) -> str:
+    gold = text.strip().strip(".")
+    if not gold:
+        raise ValueError(f"gold answer {text!r} is empty; probe data must never hold one")
+    return gold
+
+
+def word_recall(gold: str, prediction: str) -> float:
+    """Share of the gold's distinct words (lowercased, whitespace split) found in the prediction."""
+    gold_words = set(gold.strip().lower().split())
+    if not gold_words:
+        raise ValueError(f"gold answer {gold!r} is empty; probe data must never hold one")
+    pred_words = set(prediction.strip().lower().split())
+    return len(gold_words & pred_words) / len(gold_words)
+
+
+def name_match(name: str, prediction: str) -> float:
+    """1 if the function name (surrounding '.' stripped) occurs in the prediction (case kept)."""
+    return float(_gold(name) in prediction)
+
+
+def relaxed_match(label: str, description: str, prediction: str) -> float:
+    """1 if the label or the description (lowercased, '.' stripped) occurs in the prediction."""
+    pred = prediction.lower()
+    return float(_gold(label).lower() in pred or _gold(description).lower() in pred)
+
+
+Scorer = Callable[[Mapping[str, str], str], float]
+
+SCORERS: dict[str, Scorer] = {
+    "word_recall": lambda gold, pred: word_recall(gold["completion"], pred),
+    "name_match": lambda gold, pred: name_match(gold["completion"], pred),
+    "relaxed_match": lambda gold, pred: relaxed_match(gold["label"], gold["description"], pred),
+}
+"""Metric name -> scorer of one prediction against a query's answer fields."""
+
+
+def score(metric: str, gold: Mapping[str, str], prediction: str) -> float:
+    """Score one prediction with the named metric (see SCORERS)."""
+    try:
+        scorer = SCORERS[metric]
+    except KeyError:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(SCORERS)}") from None
+    return scorer(gold, prediction)
+
+
+@dataclass(frozen=True)
+class PositionCurve:
+    """Score per position bin (mean over sets), its std over sets, and the paper's Avg and Gap.
+
+    A bin in which every query was skipped as ambiguous is None, so bin i always covers positions
+    [i * bin_size, (i + 1) * bin_size); Avg and Gap are taken over the bins that have scores.
+    """
+
+    bins: list[float | None]
+    bins_std: list[float | None]
+    avg: float
+    gap: float
+    n_queries: int
+    bin_size: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def position_curve(scored: Iterable[tuple[int, int, float]], bin_size: int) -> PositionCurve:
+    """Bin (set_id, position_id, score) triples by position, per set, then average over sets.
+
+    Sets may differ in size: a bin is averaged over the sets that have a query in it, so a last
+    partial bin (or a bin only the longer set reaches) still counts, with the sets it has.
+    """
+    if bin_size <= 0:
+        raise ValueError(f"bin_size must be > 0, got {bin_size}")
+    per_set: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    n_queries = 0
+    for set_id, position_id, value in scored:
+        per_set[set_id][position_id // bin_size].append(value)
+        n_queries += 1
+    if not n_queries:
+        raise ValueError("no scored queries to bin")
+    n_bins = 1 + max(max(bins) for bins in per_set.values())
+    means: list[float | None] = []
+    stds: list[float | None] = []
+    for b in range(n_bins):
+        set_means = [float(np.mean(bins[b])) for bins in per_set.values() if b in bins]
+        means.append(float(np.mean(set_means)) if set_means else None)
+        stds.append(float(np.std(set_means)) if set_means else None)
+    present = [m for m in means if m is not None]
+    return PositionCurve(
+        bins=means,
+        bins_std=stds,
+        avg=float(np.mean(present)),
+        gap=float(max(present) - min(present)),
+        n_queries=n_queries,
+        bin_size=bin_size,
+    )
+
+
+def overall(curves: Mapping[str, PositionCurve]) -> dict[str, float]:
+    """The paper's "All" column: task Avgs and task Gaps averaged over tasks."""
+    if not curves:
+        raise ValueError("no task curves to average")
+    return {
+        "avg": float(np.mean([c.avg for c in curves.values()])),
+        "gap": float(np.mean([c.gap for c in curves.values()])),
+    }

@@ -1,0 +1,61 @@
+"""Stage probe: run VaL probing on one model, write results/probe/<model>/ and log an MLflow run.
+
+`--model base` probes models/base, `--model in2` the IN2-trained models/in2; both read the same
+data/probes/, so their curves compare position by position.
+"""
+
+from pathlib import Path
+
+from in2.model import load_model, load_tokenizer
+from in2.outputs import atomic_dir, write_json, write_jsonl
+from in2.probe_runner import probe_model, scores_summary
+from in2.stage import log, run_stage
+from in2.tracking import mlflow_run
+
+PROBES = Path("data/probes")
+MAKER = {"base": "base_model", "in2": "train"}
+"""Model name -> the DVC stage that builds models/<name>/."""
+
+
+def main(params, args) -> None:
+    model_dir = Path("models") / args.model
+    if not model_dir.is_dir():
+        raise FileNotFoundError(
+            f"{model_dir} does not exist; run `dvc repro {MAKER[args.model]}` first"
+        )
+    if not PROBES.is_dir():
+        raise FileNotFoundError(f"{PROBES} does not exist; run `dvc repro probe_data` first")
+
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir)
+    runs = probe_model(model, tokenizer, params.probe, PROBES)
+    scores = scores_summary(runs)
+
+    out = Path("results/probe") / args.model
+    with atomic_dir(out) as tmp:
+        for task, run in runs.items():
+            write_jsonl(tmp / f"{task}.predictions.jsonl", run.predictions)
+        write_json(tmp / "scores.json", scores)
+    log.info("wrote %s", out)
+
+    with mlflow_run(
+        f"probe-{args.model}", params=params.probe.model_dump(), tags={"model": args.model}
+    ) as mlflow:
+        for task, run in runs.items():
+            for step, value in enumerate(run.curve.bins):
+                if value is not None:  # a bin of only ambiguous (skipped) positions
+                    mlflow.log_metric(f"{task}_bin_score", value, step=step)
+            mlflow.log_metric(f"{task}_avg", run.curve.avg)
+            mlflow.log_metric(f"{task}_gap", run.curve.gap)
+            mlflow.log_metric(f"{task}_seconds", run.seconds)
+        mlflow.log_metric("all_avg", scores["all"]["avg"])
+        mlflow.log_metric("all_gap", scores["all"]["gap"])
+        mlflow.log_dict(scores, "scores.json")
+
+
+if __name__ == "__main__":
+    run_stage(
+        main,
+        __doc__,
+        lambda p: p.add_argument("--model", required=True, choices=sorted(MAKER)),
+    )

@@ -1,0 +1,39 @@
+"""Stage probe_data: build the VaL probing sets in data/probes/ (see in2.probes).
+
+Reads the held-out documents of the corpus stage and the base model's tokenizer (contexts are
+filled to params probe.context_tokens in that tokenizer's tokens); the code task reads the running
+interpreter's standard library.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from in2.model import load_tokenizer
+from in2.probes import ProbeSources, build_probes, write_probes
+from in2.prompting import PromptEncoder
+from in2.stage import log, run_stage
+
+HELDOUT = Path("data/corpus/heldout.parquet")
+OUT = Path("data/probes")
+
+
+def main(params, args) -> None:
+    if not HELDOUT.is_file():
+        raise FileNotFoundError(f"{HELDOUT} does not exist; run `dvc repro corpus` first")
+    encoder = PromptEncoder.create(load_tokenizer("models/base"), params.probe.prompt_format)
+    heldout = pd.read_parquet(HELDOUT, columns=["title", "text", "description"])
+    probes = build_probes(
+        ProbeSources(heldout),
+        encoder,
+        params.probe.tasks,
+        params.probe.context_tokens,
+        params.probe.sets_per_task,
+        params.seed,
+    )
+    write_probes(probes, OUT)
+    log.info("wrote %s", OUT)
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)

@@ -1,0 +1,200 @@
+"""Probe builder invariants on a tiny corpus: the output contract other tools read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from in2.model import load_tokenizer
+from in2.outputs import read_jsonl
+from in2.params import ProbeParams
+from in2.probes import (
+    TASKS,
+    Item,
+    ProbeSources,
+    build_probes,
+    build_task,
+    load_entities,
+    load_functions,
+    split_sentences,
+    write_probes,
+)
+from in2.prompting import PromptEncoder
+
+WORDS = [
+    *("river", "stone", "light", "music", "paper", "garden", "window", "city", "forest"),
+    *("winter", "market", "bridge", "letter", "silver", "engine", "harbor", "castle"),
+    *("mirror", "planet", "valley", "island", "candle", "thunder", "meadow", "theory"),
+]
+
+QUERY_COLUMNS = {
+    "document": {"completion"},
+    "code": {"completion"},
+    "database": {"label", "description"},
+}
+COMMON_QUERY_COLUMNS = {"task", "set_id", "position_id", "context_id", "question", "keyword"}
+CONTEXT_COLUMNS = {"context_id", "set_id", "text", "n_tokens", "n_items"}
+
+
+def tiny_corpus(n_docs: int = 30) -> pd.DataFrame:
+    """Documents of random 14-word sentences: no two share an 8-word span."""
+    rng = np.random.default_rng(123)
+    rows = []
+    for i in range(n_docs):
+        sentences = [" ".join(rng.choice(WORDS, 14)).capitalize() + "." for _ in range(3)]
+        rows.append(
+            {
+                "doc_id": i,
+                "title": f"Topic {i:03d}",
+                "text": " ".join(sentences),
+                "description": f"a made-up subject number {i}",
+                "source": "test",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def tiny_code_root(root: Path) -> Path:
+    """A folder of Python files, with a test folder the loader must skip."""
+    functions = [
+        f'def func_{i:02d}(x):\n    """Doc."""\n    a{i} = x + {i}\n\n    # note\n'
+        f"    b{i} = a{i} * {i + 2}\n    return b{i} - {i}\n"
+        for i in range(40)
+    ]
+    nested = "def outer_fn():\n    def inner():\n        pass\n    return inner\n    pass\n"
+    short = "def f(x):\n    y = x\n    z = y\n    return z\n"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "mod.py").write_text("\n".join([*functions, nested, short]))
+    (root / "tests").mkdir()
+    (root / "tests" / "test_mod.py").write_text(
+        "def test_something_long():\n    a = 1\n    b = 2\n    assert a < b\n"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path) -> PromptEncoder:
+    return PromptEncoder.create(load_tokenizer(tiny_model_dir), "chat")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> ProbeSources:
+    return ProbeSources(tiny_corpus(), tiny_code_root(tmp_path_factory.mktemp("code")))
+
+
+PARAMS = ProbeParams(context_tokens=200, sets_per_task=2)
+
+
+def build(sources: ProbeSources, encoder: PromptEncoder, seed: int = 0) -> dict:
+    return build_probes(sources, encoder, PARAMS.tasks, PARAMS.context_tokens, 2, seed)
+
+
+def test_output_contract_and_stats(
+    sources: ProbeSources, encoder: PromptEncoder, tmp_path: Path
+) -> None:
+    write_probes(build(sources, encoder), tmp_path / "probes")
+    stats = json.loads((tmp_path / "probes" / "stats.json").read_text())
+    for task in PARAMS.tasks:
+        contexts = read_jsonl(tmp_path / "probes" / task / "contexts.jsonl")
+        queries = read_jsonl(tmp_path / "probes" / task / "queries.jsonl")
+        assert [c["set_id"] for c in contexts] == [0, 1]
+        assert all(set(c) == CONTEXT_COLUMNS for c in contexts)
+        assert all(set(q) == COMMON_QUERY_COLUMNS | QUERY_COLUMNS[task] for q in queries)
+        assert all(q["task"] == task for q in queries)
+        assert stats[task]["n_queries"] == len(queries)
+        assert [s["n_items"] for s in stats[task]["sets"]] == [c["n_items"] for c in contexts]
+    assert not list(tmp_path.glob(".probes*")), "no temporary folder may be left behind"
+
+
+def test_every_position_asked_once_with_a_unique_keyword_of_its_own_item(
+    sources: ProbeSources, encoder: PromptEncoder
+) -> None:
+    for task, sets in build(sources, encoder).items():
+        spec = TASKS[task]
+        for s in sets:
+            text = s.context["text"]
+            items = text.split(spec.separator)
+            assert len(items) == s.context["n_items"] > 1
+            # the tiny corpus has no ambiguous keyword: every position is asked, once
+            assert [q["position_id"] for q in s.queries] == list(range(len(items)))
+            assert s.n_skipped == 0
+            for q in s.queries:
+                assert q["context_id"] == s.context["context_id"]
+                assert text.count(q["keyword"]) == 1
+                assert q["keyword"] in items[q["position_id"]]
+                assert q["keyword"] in q["question"]
+                for gold in (q.get("completion"), q.get("label"), q.get("description")):
+                    assert gold is None or gold in items[q["position_id"]]
+
+
+def test_contexts_fit_the_token_budget_and_sets_use_different_items(
+    sources: ProbeSources, encoder: PromptEncoder
+) -> None:
+    for task, sets in build(sources, encoder).items():
+        for s in sets:
+            n_tokens = s.context["n_tokens"]
+            assert n_tokens == len(encoder.context(s.context["text"])) <= PARAMS.context_tokens
+            assert n_tokens > PARAMS.context_tokens * 0.7, "a context should be nearly full"
+        items = [set(s.context["text"].split(TASKS[task].separator)) for s in sets]
+        assert not items[0] & items[1], f"{task}: sets share items although the pool is large"
+
+
+def test_deterministic_for_a_seed(sources: ProbeSources, encoder: PromptEncoder) -> None:
+    def dump(probes: dict) -> str:
+        return json.dumps({t: [(s.context, s.queries) for s in sets] for t, sets in probes.items()})
+
+    assert dump(build(sources, encoder, seed=0)) == dump(build(sources, encoder, seed=0))
+    assert dump(build(sources, encoder, seed=0)) != dump(build(sources, encoder, seed=1))
+
+
+def test_ambiguous_keywords_are_never_asked(encoder: PromptEncoder) -> None:
+    spec = replace(TASKS["document"], name="toy", render="{text}", answer={"completion": "text"})
+    items = [
+        Item({"text": "alpha shared words here"}, ("shared words",)),  # only candidate: twice
+        Item({"text": "beta shared words there"}, ("shared words", "beta")),  # falls back
+        Item({"text": "gamma unique"}, ("gamma",)),
+    ]
+    rng = np.random.default_rng(0)
+    (s,) = build_task(spec, items, encoder, context_tokens=1000, n_sets=1, rng=rng)
+    text = s.context["text"]
+    assert s.context["n_items"] == 3
+    asked = {text.split("\n")[q["position_id"]].split()[0]: q["keyword"] for q in s.queries}
+    assert asked == {"beta": "beta", "gamma": "gamma"}
+    assert s.n_skipped == 1
+
+
+def test_too_small_budget_is_a_clear_error(sources: ProbeSources, encoder: PromptEncoder) -> None:
+    items = TASKS["document"].load(sources, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="too small"):
+        build_task(TASKS["document"], items, encoder, 3, 1, np.random.default_rng(0))
+
+
+def test_code_loader_skips_tests_nested_defs_and_short_names(sources: ProbeSources) -> None:
+    items = load_functions(sources, np.random.default_rng(0))
+    names = {i.fields["function_name"] for i in items}
+    assert names == {f"func_{i:02d}" for i in range(40)}
+    item = next(i for i in items if i.fields["function_name"] == "func_07")
+    # docstring and comment skipped, lines flattened to 4 spaces as the paper's pieces
+    assert item.fields["function_define"] == "    a7 = x + 7\n    b7 = a7 * 9\n    return b7 - 7"
+    assert sorted(item.keywords) == ["a7 = x + 7", "b7 = a7 * 9", "return b7 - 7"]
+
+
+def test_entities_get_unique_fixed_length_ids(sources: ProbeSources) -> None:
+    items = load_entities(sources, np.random.default_rng(0))
+    ids = [i.fields["id"] for i in items]
+    assert len(ids) == len(set(ids)) == 30
+    assert all(len(i) == 8 and i[0] == "Q" and i[1:].isdigit() for i in ids)
+
+
+def test_split_sentences_keeps_initials_together() -> None:
+    text = "It was written by Arthur C. Clarke in 1968.  It stars  Keir Dullea. Done!"
+    assert split_sentences(text) == [
+        "It was written by Arthur C. Clarke in 1968.",
+        "It stars Keir Dullea.",
+        "Done!",
+    ]
