@@ -115,7 +115,7 @@ def test_in2_data_contract(smoke_repo):
         for row in frame.itertuples():
             ctx = list(row.context_segments)
             assert [ctx[s] for s in row.gold_slots] == list(row.gold_segments)
-            assert row.n_tokens == int(index["n_tokens"].iloc[ctx].sum()) if ctx else 0
+            assert row.n_tokens == (int(index["n_tokens"].iloc[ctx].sum()) if ctx else 0)
             if row.kind in ("fine_grained", "integration"):
                 assert 256 <= row.n_tokens <= 640
     assert set(frames["train"]["source_doc"]).isdisjoint(frames["val"]["source_doc"])
