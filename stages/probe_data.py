@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from in2.model import load_tokenizer
+from in2.model import BASE_DIR, load_tokenizer
 from in2.probes import ProbeSources, build_probes, write_probes
 from in2.prompting import PromptEncoder
 from in2.stage import log, run_stage
@@ -21,7 +21,7 @@ OUT = Path("data/probes")
 def main(params, args) -> None:
     if not HELDOUT.is_file():
         raise FileNotFoundError(f"{HELDOUT} does not exist; run `dvc repro corpus` first")
-    encoder = PromptEncoder.create(load_tokenizer("models/base"), params.probe.prompt_format)
+    encoder = PromptEncoder.create(load_tokenizer(BASE_DIR), params.probe.prompt_format)
     heldout = pd.read_parquet(HELDOUT, columns=["title", "text", "description"])
     probes = build_probes(
         ProbeSources(heldout),

@@ -4,7 +4,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from in2.model import load_tokenizer
+from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_file, write_json
 from in2.qa import generate_template_qa
 from in2.segments import SegmentStore
@@ -13,7 +13,7 @@ from in2.stage import run_stage
 
 def main(params, args) -> None:
     store = SegmentStore.open("data/segments")
-    texts = store.texts(load_tokenizer("models/base"))
+    texts = store.texts(load_tokenizer(BASE_DIR))
     segments = store.index.assign(text=store.index["seg_id"].map(texts))
     docs = pd.read_parquet("data/corpus/train.parquet")
     qa, stats = generate_template_qa(segments, docs, params.qa, params.seed)

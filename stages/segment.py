@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from in2.model import load_tokenizer
+from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_dir, write_json
 from in2.segments import INDEX_FILE, TOKENS_FILE, segment_documents
 from in2.stage import log, run_stage
@@ -11,7 +11,7 @@ from in2.stage import log, run_stage
 
 def main(params, args) -> None:
     docs = pd.read_parquet("data/corpus/train.parquet")
-    tokenizer = load_tokenizer("models/base")
+    tokenizer = load_tokenizer(BASE_DIR)
     tokens, index = segment_documents(docs, tokenizer, params.segment)
     with atomic_dir("data/segments") as out:
         np.save(out / TOKENS_FILE, tokens)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from in2.model import load_tokenizer
+from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_dir, read_jsonl, write_json
 from in2.segments import SegmentStore
 from in2.stage import run_stage
@@ -14,7 +14,7 @@ from in2.synthesis import synthesize
 
 def main(params, args) -> None:
     store = SegmentStore.open("data/segments")
-    texts = store.texts(load_tokenizer("models/base"))
+    texts = store.texts(load_tokenizer(BASE_DIR))
     probe_texts = [
         row["text"]
         for f in sorted(Path("data/probes").glob("*/contexts.jsonl"))

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,3 +40,12 @@ def test_probe_of_a_model_not_built_yet(tmp_path):
     out = _stage("probe", tmp_path, "--model", "in2")
     assert out.returncode == 2
     assert "models/in2 does not exist; run `dvc repro train` first" in out.stderr
+
+
+def test_missing_model_folder_says_how_to_build_it(tmp_path):
+    from in2.model import load_model
+
+    with pytest.raises(
+        FileNotFoundError, match=r"model folder .*nope does not exist; run `dvc repro`"
+    ):
+        load_model(tmp_path / "nope")

@@ -50,7 +50,7 @@ def _changed(old: dict, new: dict, prefix: str = "") -> set[str]:
 
 def show_example(example_id: str, data_dir: Path = Path("data")) -> str:
     """Human-readable rendering of one example, decoded on demand from segment ids."""
-    from in2.model import load_tokenizer
+    from in2.model import BASE_DIR, load_tokenizer
     from in2.segments import SegmentStore
 
     for split in ("train", "val"):
@@ -61,7 +61,7 @@ def show_example(example_id: str, data_dir: Path = Path("data")) -> str:
             break
     else:
         raise InputError(f"no example '{example_id}' in {data_dir / 'in2'}/{{train,val}}.parquet")
-    tokenizer = load_tokenizer("models/base")
+    tokenizer = load_tokenizer(BASE_DIR)
     store = SegmentStore.open(data_dir / "segments")
     gold = dict(zip(row["gold_slots"], row["gold_segments"], strict=True))
     lines = [f"{example_id} [{split}] kind={row['kind']} n_tokens={row['n_tokens']}"]

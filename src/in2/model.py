@@ -103,12 +103,15 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     tokenizer.save_pretrained(out)
 
 
+BASE_DIR = Path("models/base")
+"""Where the base_model stage puts the base model; every later stage reads it from here."""
+
+
 def _check_dir(path: str | Path) -> None:
-    p = Path(path)
-    looks_local = p.is_absolute() or str(path).startswith(".") or p.parent != Path(".")
-    if looks_local and not p.is_dir():
+    """A `Path` must be an existing folder; a string may also be a hub id (for transformers)."""
+    if isinstance(path, Path) and not path.is_dir():
         raise FileNotFoundError(
-            f"model folder {p} does not exist; run `dvc repro` to build it "
+            f"model folder {path} does not exist; run `dvc repro` to build it "
             "or set model.name_or_path to a local folder or hub id"
         )
 
