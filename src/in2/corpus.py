@@ -61,8 +61,8 @@ def read_wiki_offline() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _unit_hash(salt: int, key: str) -> float:
-    """Deterministic number in [0, 1) for a key."""
+def unit_hash(salt: int | str, key: str) -> float:
+    """Deterministic number in [0, 1) for a key: splits by hash keep an item on its side."""
     digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
@@ -86,9 +86,9 @@ def build_corpus(
             keep.append({**row._asdict(), "text": text})
     docs = pd.DataFrame(keep, columns=COLUMNS)
     if params.max_documents is not None:
-        order = docs["doc_id"].map(lambda d: _unit_hash(seed, d)).sort_values().index
+        order = docs["doc_id"].map(lambda d: unit_hash(seed, d)).sort_values().index
         docs = docs.loc[order[: params.max_documents]].sort_values("doc_id")
-    heldout_mask = docs["doc_id"].map(lambda d: _unit_hash(seed + 1, d) < params.heldout_fraction)
+    heldout_mask = docs["doc_id"].map(lambda d: unit_hash(seed + 1, d) < params.heldout_fraction)
     train = docs[~heldout_mask].reset_index(drop=True)
     heldout = docs[heldout_mask].reset_index(drop=True)
     stats.kept = len(docs)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from in2.corpus import unit_hash
 from in2.params import KINDS, InputError, SynthesizeParams
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,6 @@ def contaminated_segments(segment_text: dict[int, str], probe_texts: list[str], 
     """Segments that share any word n-gram with a probe context (paper: 10-gram decontamination)."""
     probe = set().union(*(ngrams(t, n) for t in probe_texts)) if probe_texts else set()
     return {s for s, text in segment_text.items() if not ngrams(text, n).isdisjoint(probe)}
-
-
-def unit_hash(salt: str) -> float:
-    digest = hashlib.sha256(salt.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 @dataclass
@@ -263,9 +259,7 @@ def synthesize(
     stats.dropped_qa_contaminated = len(qa) - len(clean_qa)
 
     val_docs = {
-        d
-        for d in index["doc_id"].unique()
-        if unit_hash(f"{seed}:val:{d}") < params.val_doc_fraction
+        d for d in index["doc_id"].unique() if unit_hash(f"{seed}:val", d) < params.val_doc_fraction
     }
     full = index["n_tokens"].to_numpy() == seg_len
     rng = np.random.default_rng(seed)
