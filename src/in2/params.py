@@ -86,21 +86,49 @@ class ModelParams(_Section):
 
 
 class CorpusParams(_Section):
-    source: Literal["wiki_offline"] = "wiki_offline"
-    """Corpus adapter. `wiki_offline`: 10,033 English Wikipedia summaries from a package."""
+    source: Literal["wiki_offline", "local", "hf"] = "wiki_offline"
+    """Corpus adapter. `wiki_offline`: 10,033 English Wikipedia summaries from a package;
+    `local`: `path`, a file or folder of .jsonl / .parquet / .txt; `hf`: a Hugging Face
+    `datasets` name (`dataset`, `dataset_config`, `split`), read by streaming (paper: C4
+    realnewslike)."""
+    path: str | None = None
+    """File or folder of the `local` source (relative to the repository root)."""
+    text_field: str = "text"
+    """Column / jsonl key holding a document's text (`local` and `hf`)."""
+    title_field: str | None = "title"
+    """Column holding a title, if any (used by the database probe and `general` data)."""
+    dataset: str | None = None
+    """`hf` source: dataset name, e.g. `allenai/c4`."""
+    dataset_config: str | None = None
+    """`hf` source: configuration, e.g. `realnewslike`."""
+    split: str = "train"
+    """`hf` source: split to stream."""
     max_documents: int | None = Field(None, gt=0)
-    """Keep only the first N documents (after shuffling with the seed); null keeps all."""
+    """Cap on documents kept: a seeded hash sample for finite sources, the first N kept ones
+    for a streamed `hf` source (reading stops there); null keeps all."""
     min_words: int = Field(20, ge=1)
     """Documents with fewer words are dropped (and counted)."""
     heldout_fraction: float = Field(0.1, gt=0, lt=1)
     """Fraction of whole documents reserved for the probes; training never sees them."""
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> CorpusParams:
+        if self.source == "local" and not self.path:
+            raise ValueError("path is required when source is 'local'")
+        if self.source == "hf" and not self.dataset:
+            raise ValueError("dataset is required when source is 'hf'")
+        return self
 
 
 class SegmentParams(_Section):
     length: int = Field(128, gt=0)
     """Tokens per segment (paper: 128)."""
     min_tokens: int = Field(32, gt=0)
-    """A document's last segment shorter than this is dropped."""
+    """A document's last segment shorter than this is a short tail, handled by `tail`."""
+    tail: Literal["drop", "merge"] = "drop"
+    """Short tail policy: `drop` it (a 5-token fragment carries no answerable information) or
+    `merge` it into the document's previous segment (which then exceeds `length`; a document
+    shorter than `min_tokens` is dropped either way)."""
 
     @model_validator(mode="after")
     def _min_le_length(self) -> SegmentParams:
@@ -109,15 +137,54 @@ class SegmentParams(_Section):
         return self
 
 
+class OpenAIQAParams(_Section):
+    """The `openai` QA generator: any OpenAI-compatible endpoint (OpenAI, vLLM, `transformers
+    serve`). The API key is read from the environment variable `api_key_env`, never from here."""
+
+    base_url: str | None = None
+    """Endpoint, e.g. `http://127.0.0.1:8000/v1`; null uses OPENAI_BASE_URL or OpenAI's."""
+    model: str = "gpt-4-turbo"
+    """Model name sent with each request (paper: GPT-4-Turbo)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key."""
+    temperature: float = Field(0.0, ge=0, le=2)
+    """Sampling temperature (part of the cache key)."""
+    max_tokens: int = Field(512, gt=0)
+    """Completion budget per request (part of the cache key)."""
+    concurrency: int = Field(8, gt=0)
+    """Requests in flight at once."""
+    max_retries: int = Field(6, ge=0)
+    """Retries of a request on 429 / 5xx / timeouts, with exponential backoff and Retry-After."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Per-request timeout."""
+    cache_dir: str = ".cache/qa"
+    """On-disk response cache (outside every DVC output), so no call is ever paid for twice."""
+    price_per_1m_input: float = Field(10.0, ge=0)
+    """USD per million prompt tokens, for the cost estimate and the budget (GPT-4-Turbo: 10)."""
+    price_per_1m_output: float = Field(30.0, ge=0)
+    """USD per million completion tokens (GPT-4-Turbo: 30)."""
+    budget_usd: float | None = Field(None, gt=0)
+    """Stop cleanly before spending more than this; null: no cap."""
+    mode: Literal["online", "batch"] = "online"
+    """`online`: concurrent requests; `batch`: the OpenAI Batch API (half price, 24 h)."""
+
+
 class QAParams(_Section):
-    generator: Literal["template"] = "template"
-    """QA generator. `template`: offline and deterministic (see in2.qa)."""
+    generator: Literal["template", "openai"] = "template"
+    """QA generator: `template` (offline, deterministic; see in2.qa_template) or `openai`
+    (an LLM behind any OpenAI-compatible endpoint; see in2.qa_openai)."""
     cue_words: int = Field(6, ge=3)
-    """Words quoted from the gold text as the cue of a question."""
+    """`template`: words quoted from the gold text as the cue of a question."""
     answer_words: int = Field(8, ge=1)
-    """Maximum words in an answer (a continuation of the cue)."""
+    """`template`: maximum words in an answer (a continuation of the cue)."""
     integration_segments: int = Field(2, ge=2)
     """Segments of one document an integration question needs."""
+    max_fine_grained: int | None = Field(None, gt=0)
+    """Cap on fine-grained candidates (segments asked about; a seeded sample); null: all."""
+    max_integration: int | None = Field(None, gt=0)
+    """Cap on integration candidates (documents asked about; a seeded sample); null: all."""
+    openai: OpenAIQAParams = OpenAIQAParams()
+    """Settings of the `openai` generator."""
 
 
 class ContextLength(_Section):
@@ -132,6 +199,36 @@ class ContextLength(_Section):
     def _min_le_max(self) -> ContextLength:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class GeneralParams(_Section):
+    """Source of the `general` kind: instruction data without a long context (paper: OpenOrca)."""
+
+    source: Literal["corpus", "local", "hf"] = "corpus"
+    """`corpus`: offline default, "what is <title>?" answered by the document's description;
+    `local`: a .jsonl / .parquet file (`path`); `hf`: a `datasets` name, streamed."""
+    path: str | None = None
+    """`local` source: file of instructions."""
+    dataset: str | None = None
+    """`hf` source: dataset name, e.g. `Open-Orca/OpenOrca`."""
+    dataset_config: str | None = None
+    """`hf` source: configuration."""
+    split: str = "train"
+    """`hf` source: split."""
+    instruction_field: str = "question"
+    """Column of the instruction (OpenOrca: `question`)."""
+    response_field: str = "response"
+    """Column of the reference response (OpenOrca: `response`)."""
+    max_examples: int | None = Field(None, gt=0)
+    """Read at most this many instructions; null: all (a streamed source should set it)."""
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> GeneralParams:
+        if self.source == "local" and not self.path:
+            raise ValueError("path is required when source is 'local'")
+        if self.source == "hf" and not self.dataset:
+            raise ValueError("dataset is required when source is 'hf'")
         return self
 
 
@@ -154,7 +251,13 @@ class SynthesizeParams(_Section):
     context_tokens: ContextLength = ContextLength()
     """Context length range of the long-context kinds."""
     decontam_ngram: int = Field(10, gt=0)
-    """Segments sharing any word n-gram of this length with a probe context are dropped."""
+    """Documents sharing any word n-gram of this length with a probe context give no QA pair
+    and no filler (paper: 10)."""
+    gold_order: Literal["source", "shuffle"] = "source"
+    """Order of an integration example's gold segments in its context: as in the source
+    document, or shuffled. Their slots are uniformly random either way."""
+    general: GeneralParams = GeneralParams()
+    """Where the `general` examples come from."""
 
     @field_validator("mix")
     @classmethod
