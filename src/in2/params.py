@@ -88,7 +88,7 @@ class ModelParams(_Section):
 class CorpusParams(_Section):
     source: Literal["wiki_offline", "local", "hf"] = "wiki_offline"
     """Corpus adapter. `wiki_offline`: 10,033 English Wikipedia summaries from a package;
-    `local`: `path`, a file or folder of .jsonl / .parquet / .txt; `hf`: a Hugging Face
+    `local`: `path`, a file or folder of .jsonl / .json / .parquet / .txt; `hf`: a Hugging Face
     `datasets` name (`dataset`, `dataset_config`, `split`), read by streaming (paper: C4
     realnewslike)."""
     path: str | None = None
@@ -167,6 +167,10 @@ class OpenAIQAParams(_Section):
     """Stop cleanly before spending more than this; null: no cap."""
     mode: Literal["online", "batch"] = "online"
     """`online`: concurrent requests; `batch`: the OpenAI Batch API (half price, 24 h)."""
+    json_mode: bool = True
+    """Send `response_format: json_object` (OpenAI, vLLM); turn off for a server rejecting it."""
+    batch_poll_s: float = Field(60.0, gt=0)
+    """`batch` mode: seconds between two status checks of a submitted batch."""
 
 
 class QAParams(_Section):
@@ -192,8 +196,9 @@ class ContextLength(_Section):
     """Fewest context tokens of a long-context example."""
     max: int = Field(1024, gt=0)
     """Most context tokens of a long-context example."""
-    bins: int = Field(4, gt=0)
-    """Target lengths are stratified over this many equal-width bins, so lengths are balanced."""
+    bins: int = Field(3, gt=0)
+    """Target lengths are stratified over this many equal-width bins, so lengths are balanced;
+    the bin width (max - min) / bins must be a multiple of segment.length."""
 
     @model_validator(mode="after")
     def _min_le_max(self) -> ContextLength:
@@ -207,7 +212,8 @@ class GeneralParams(_Section):
 
     source: Literal["corpus", "local", "hf"] = "corpus"
     """`corpus`: offline default, "what is <title>?" answered by the document's description;
-    `local`: a .jsonl / .parquet file (`path`); `hf`: a `datasets` name, streamed."""
+    `local`: a .jsonl / .json / .parquet file or folder (`path`); `hf`: a `datasets` name,
+    streamed. A non-empty `system_prompt` field (OpenOrca) is put before the instruction."""
     path: str | None = None
     """`local` source: file of instructions."""
     dataset: str | None = None
@@ -221,7 +227,8 @@ class GeneralParams(_Section):
     response_field: str = "response"
     """Column of the reference response (OpenOrca: `response`)."""
     max_examples: int | None = Field(None, gt=0)
-    """Read at most this many instructions; null: all (a streamed source should set it)."""
+    """Cap on examples kept: a seeded hash sample for `corpus` and `local`, the first N for a
+    streamed `hf` source (reading stops there); null: all (a streamed source should set it)."""
 
     @model_validator(mode="after")
     def _source_needs(self) -> GeneralParams:
@@ -372,6 +379,15 @@ class Params(_Section):
             raise ValueError(
                 "synthesize.context_tokens.max must be >= segment.length "
                 f"({self.synthesize.context_tokens.max} < {self.segment.length})"
+            )
+        c, length = self.synthesize.context_tokens, self.segment.length
+        if (c.max - c.min) % (c.bins * length):
+            raise ValueError(
+                f"synthesize.context_tokens: the bin width (max - min) / bins = "
+                f"{(c.max - c.min) / c.bins:g} is not a multiple of segment.length ({length}); "
+                "contexts grow in whole segments, so such bins would get unequal shares of "
+                "examples: pick bins that divide (max - min) / segment.length "
+                f"= {(c.max - c.min) / length:g}"
             )
         return self
 

@@ -1,0 +1,255 @@
+"""Corpus sources: messy files are cleaned and counted exactly; config mistakes fail at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from in2.corpus import COLUMNS, build_corpus
+from in2.params import CorpusParams, InputError
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def _line(item: object) -> bytes:
+    """Bytes and str are written as they are (bad lines), anything else as JSON."""
+    if isinstance(item, bytes):
+        return item
+    return item.encode() if isinstance(item, str) else json.dumps(item).encode()
+
+
+def _jsonl(path: Path, lines: list[object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(_line(line) + b"\n" for line in lines))
+
+
+def _messy_folder(root: Path) -> Path:
+    """5 good documents among 14 bad records of every kind, in jsonl, parquet and txt."""
+    docs = root / "docs"
+    _jsonl(
+        docs / "a.jsonl",
+        [
+            {"title": "A1", "text": "alpha beta gamma delta"},
+            {"title": "A2", "text": "  alpha   beta gamma\ndelta "},  # duplicate
+            "not json at all",  # bad_json
+            b'{"text": "caf\xe9 latte mocha"}',  # undecodable (latin-1)
+            {"body": "no text key here"},  # no_text_field
+            {"text": "   \n\t "},  # empty
+            {"text": ""},  # empty
+            {"text": None},  # empty
+            {"text": "two words"},  # too_short
+            [1, 2],  # bad_json (not an object)
+            {"text": 42},  # not_text
+            "",  # blank line: not a record
+            {"text": "epsilon zeta eta theta"},
+        ],
+    )
+    (docs / "sub").mkdir()
+    pd.DataFrame(
+        {
+            "text": ["iota kappa lambda mu", "alpha beta gamma delta", None, "nu xi omicron pi"],
+            "title": ["B1", "dup", "n", None],
+        }
+    ).to_parquet(docs / "sub" / "b.parquet")
+    (docs / "c.txt").write_text("rho sigma tau upsilon\n")
+    (docs / "d.txt").write_bytes(b"\xff\xfe\x00bad bytes here")  # undecodable
+    (docs / "e.txt").write_text("   \n")  # empty
+    (docs / "notes.md").write_text("not a supported file")
+    _jsonl(docs / ".hidden" / "x.jsonl", [{"text": "hidden files are not read at all"}])
+    return docs
+
+
+def _local(path: Path, **kw) -> CorpusParams:
+    return CorpusParams(source="local", path=str(path), min_words=3, **kw)
+
+
+def test_local_folder_counts_every_dropped_record(tmp_path):
+    docs = _messy_folder(tmp_path)
+    train, heldout, stats = build_corpus(_local(docs), seed=0)
+    table = pd.concat([train, heldout]).set_index("text")
+    assert list(train.columns) == COLUMNS
+    assert sorted(table.index) == [
+        "alpha beta gamma delta",
+        "epsilon zeta eta theta",
+        "iota kappa lambda mu",
+        "nu xi omicron pi",
+        "rho sigma tau upsilon",
+    ]
+    assert stats.dropped == {
+        "duplicate": 2,
+        "bad_json": 2,
+        "undecodable": 2,
+        "no_text_field": 1,
+        "empty": 5,
+        "too_short": 1,
+        "not_text": 1,
+    }
+    assert (stats.read, stats.kept) == (19, 5)
+    assert stats.read == stats.kept + sum(stats.dropped.values())
+    assert stats.train_docs + stats.heldout_docs == 5
+    first = table.loc["alpha beta gamma delta"]
+    sha = hashlib.sha1(b"alpha beta gamma delta").hexdigest()
+    assert (first.doc_id, first.title, first.source) == (f"local-{sha[:16]}", "A1", "local:a.jsonl")
+    assert table.loc["nu xi omicron pi"].title == ""
+    assert table.loc["rho sigma tau upsilon"][["title", "source"]].tolist() == ["c", "local:c.txt"]
+    assert (table["description"] == "").all()
+    files = stats.source["files"]
+    assert [f["path"] for f in files] == ["a.jsonl", "c.txt", "d.txt", "e.txt", "sub/b.parquet"]
+    blob = (docs / "c.txt").read_bytes()
+    assert files[1] == {
+        "path": "c.txt",
+        "bytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    assert stats.source["name"] == "local"
+
+
+def test_same_input_gives_the_same_tables(tmp_path):
+    docs = _messy_folder(tmp_path)
+    first, second = build_corpus(_local(docs), 0), build_corpus(_local(docs), 0)
+    pd.testing.assert_frame_equal(first[0], second[0])
+    pd.testing.assert_frame_equal(first[1], second[1])
+
+
+def test_configurable_text_and_title_fields(tmp_path):
+    path = tmp_path / "news.jsonl"
+    _jsonl(path, [{"headline": "H", "body": "one two three four"}, {"headline": "G"}])
+    train, _, stats = build_corpus(
+        _local(path, text_field="body", title_field="headline", heldout_fraction=0.01), 0
+    )
+    assert train[["title", "text"]].values.tolist() == [["H", "one two three four"]]
+    assert stats.dropped == {"no_text_field": 1}
+    assert stats.source["files"][0]["path"] == "news.jsonl"
+
+
+def test_json_array_file_and_max_documents_sample(tmp_path):
+    rows = [{"text": f"document number {i} has words"} for i in range(10)]
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps([*rows, "oops"]))
+    train, heldout, stats = build_corpus(_local(path, max_documents=4), seed=3)
+    assert stats.kept == 4
+    assert stats.dropped == {"bad_json": 1, "beyond_max_documents": 6}
+    assert stats.read == 11
+    assert pd.concat([train, heldout])["doc_id"].is_unique
+
+
+def test_missing_path_fails_at_once_naming_the_key(tmp_path):
+    with pytest.raises(InputError, match=r"corpus\.path: .*nope does not exist; point it at a"):
+        build_corpus(_local(tmp_path / "nope"), 0)
+
+
+def test_folder_without_supported_files(tmp_path):
+    (tmp_path / "readme.md").write_text("hello")
+    with pytest.raises(InputError, match=r"holds no \.jsonl / \.json / \.parquet / \.txt file"):
+        build_corpus(_local(tmp_path), 0)
+    with pytest.raises(InputError, match=r"readme\.md is not a supported file"):
+        build_corpus(_local(tmp_path / "readme.md"), 0)
+
+
+def test_text_field_that_no_row_has_names_file_and_fields(tmp_path):
+    path = tmp_path / "d.jsonl"
+    _jsonl(path, [{"content": "a b c d", "id": 1}, {"content": "e f g h", "id": 2}])
+    expected = (
+        r"no row has the field\(s\) 'text' \(corpus\.text_field\); "
+        r"the fields found are \['content', 'id'\]"
+    )
+    with pytest.raises(InputError, match=rf"d\.jsonl: {expected}"):
+        build_corpus(_local(path), 0)
+    pd.DataFrame({"content": ["a b c d"], "id": [1]}).to_parquet(tmp_path / "d.parquet")
+    with pytest.raises(InputError, match=rf"d\.parquet: {expected}"):
+        build_corpus(_local(tmp_path / "d.parquet"), 0)
+
+
+def test_nothing_kept_is_an_error(tmp_path):
+    _jsonl(tmp_path / "d.jsonl", [{"text": "too short"}])
+    with pytest.raises(
+        InputError, match=r"no document kept of 1 read \(dropped: \{'too_short': 1\}\)"
+    ):
+        build_corpus(_local(tmp_path), 0)
+
+
+def test_hf_source_streams_and_stops_at_the_document_limit(tmp_path, monkeypatch):
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    rows = [{"text": f"streamed document {i} with words"} for i in range(200)]
+    rows.insert(1, rows[0])  # a duplicate early on
+    _jsonl(tmp_path / "ds" / "train.jsonl", rows)
+    params = CorpusParams(
+        source="hf",
+        dataset=str(tmp_path / "ds"),
+        max_documents=5,
+        min_words=3,
+        heldout_fraction=0.01,
+    )
+    train, heldout, stats = build_corpus(params, 0)
+    assert (stats.read, stats.kept, stats.dropped) == (6, 5, {"duplicate": 1})
+    assert sorted(pd.concat([train, heldout])["text"]) == sorted({r["text"] for r in rows[:6]})
+    assert set(train["source"]) == {f"hf:{tmp_path / 'ds'}"}
+    assert train["doc_id"].str.fullmatch(r"hf-[0-9a-f]{16}").all()
+    assert stats.source["split"] == "train" and stats.source["dataset"] == str(tmp_path / "ds")
+
+
+def test_hf_source_with_a_misnamed_text_field(tmp_path):
+    _jsonl(tmp_path / "ds" / "train.jsonl", [{"body": "a b c d"}])
+    params = CorpusParams(source="hf", dataset=str(tmp_path / "ds"), max_documents=5)
+    with pytest.raises(InputError, match=r"no row has the field\(s\) 'text' .*\['body'\]"):
+        build_corpus(params, 0)
+
+
+def _stage(cwd: Path, params: dict) -> subprocess.CompletedProcess:
+    import yaml
+
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "corpus.py")],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **OFFLINE},
+    )
+
+
+def test_stage_on_a_local_folder_writes_tables_and_metrics(tmp_path):
+    _messy_folder(tmp_path)
+    out = _stage(tmp_path, {"corpus": {"source": "local", "path": "docs", "min_words": 3}})
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "metrics" / "corpus.json").read_text())
+    assert metrics["kept"] == 5 and metrics["dropped"]["empty"] == 5
+    assert metrics["source"]["path"] == "docs" and len(metrics["source"]["files"]) == 5
+    tables = [
+        pd.read_parquet(tmp_path / "data" / "corpus" / f)
+        for f in ("train.parquet", "heldout.parquet")
+    ]
+    assert sum(len(t) for t in tables) == 5
+
+
+def test_stage_stops_on_a_missing_path(tmp_path):
+    out = _stage(tmp_path, {"corpus": {"source": "local", "path": "nope"}})
+    assert out.returncode == 2
+    assert "error: corpus.path: nope does not exist; point it at" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_stage_stops_quickly_on_an_unknown_dataset(tmp_path):
+    start = time.monotonic()
+    params = {
+        "corpus": {"source": "hf", "dataset": "no-such-org/no-such-dataset", "split": "train"}
+    }
+    out = _stage(tmp_path, params)
+    assert out.returncode == 2
+    assert (
+        "error: corpus.dataset: cannot open dataset 'no-such-org/no-such-dataset' "
+        "(config None, split 'train')" in out.stderr
+    )
+    assert "HF_HUB_OFFLINE=1" in out.stderr and "Traceback" not in out.stderr
+    assert time.monotonic() - start < 60  # no retry loop against an unreachable hub
