@@ -1,5 +1,7 @@
 """Stage segment: training documents -> 128-token segments (data/segments/)."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 
@@ -12,19 +14,12 @@ from in2.stage import log, run_stage
 def main(params, args) -> None:
     docs = pd.read_parquet("data/corpus/train.parquet")
     tokenizer = load_tokenizer(BASE_DIR)
-    tokens, index = segment_documents(docs, tokenizer, params.segment)
+    tokens, index, stats = segment_documents(docs, tokenizer, params.segment)
     with atomic_dir("data/segments") as out:
         np.save(out / TOKENS_FILE, tokens)
         index.to_parquet(out / INDEX_FILE, index=False)
-    stats = {
-        "documents": len(docs),
-        "documents_with_segments": int(index["doc_id"].nunique()),
-        "segments": len(index),
-        "full_length_segments": int((index["n_tokens"] == params.segment.length).sum()),
-        "tokens": len(tokens),
-    }
     log.info("segment: %s", stats)
-    write_json("metrics/segment.json", stats)
+    write_json("metrics/segment.json", asdict(stats))
 
 
 if __name__ == "__main__":
