@@ -1,12 +1,8 @@
-"""Stage qa: segments -> grounded QA pairs (data/qa/qa.parquet)."""
-
-from dataclasses import asdict
-
-import pandas as pd
+"""Stage qa: segments -> grounded QA pairs (data/qa/qa.parquet), by the `qa.generator` chosen."""
 
 from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_file, write_json
-from in2.qa import generate_template_qa
+from in2.qa import get_generator
 from in2.segments import SegmentStore
 from in2.stage import run_stage
 
@@ -15,11 +11,11 @@ def main(params, args) -> None:
     store = SegmentStore.open("data/segments")
     texts = store.texts(load_tokenizer(BASE_DIR))
     segments = store.index.assign(text=store.index["seg_id"].map(texts))
-    docs = pd.read_parquet("data/corpus/train.parquet")
-    qa, stats = generate_template_qa(segments, docs, params.qa, params.seed)
+    generate = get_generator(params.qa.generator)
+    qa, stats = generate(segments, params.qa, params.seed)
     with atomic_file("data/qa/qa.parquet") as tmp:
         qa.to_parquet(tmp, index=False)
-    write_json("metrics/qa.json", asdict(stats))
+    write_json("metrics/qa.json", stats.metrics())
 
 
 if __name__ == "__main__":

