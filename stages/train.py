@@ -27,7 +27,7 @@ def main(params, args) -> None:
     model = load_model(BASE)
     encoder = ExampleEncoder(
         PromptEncoder.create(tokenizer, params.train.prompt_format),
-        SegmentStore.open("data/segments"),
+        SegmentStore.open("data/segments", populate=True),
         params.train.max_seq_len,
     )
     train_examples = encoder.encode_frame(pd.read_parquet(TRAIN))
