@@ -52,6 +52,17 @@ def test_repo_params_and_profiles_are_valid():
         ),
         ({"validate": {"alpha": 1.5}}, "validate.alpha: Input should be less than 1"),
         (
+            {"synthesize": {"context_tokens": {"min": 256, "max": 1024, "bins": 4}}},
+            "bin width (max - min) / bins = 192 is not a multiple of segment.length (128)",
+        ),
+        ({"corpus": {"source": "local"}}, "corpus: path is required when source is 'local'"),
+        ({"corpus": {"source": "hf"}}, "corpus: dataset is required when source is 'hf'"),
+        ({"segment": {"tail": "keep"}}, "segment.tail: Input should be 'drop' or 'merge'"),
+        (
+            {"qa": {"generator": "gpt"}},
+            "qa.generator: Input should be 'template' or 'openai'",
+        ),
+        (
             {"model": {"source": "pretrained"}},
             "model: name_or_path is required when source is 'pretrained'",
         ),

@@ -6,6 +6,7 @@ that a second `dvc repro` has nothing to do, and that `dvc push` works with the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -85,7 +86,7 @@ def test_segments_contract(smoke_repo):
     repo, _, _ = smoke_repo
     tokens = np.load(repo / "data/segments/tokens.npy", mmap_mode="r")
     index = pd.read_parquet(repo / "data/segments/segments.parquet")
-    assert tokens.dtype == np.uint32
+    assert tokens.dtype == np.uint16  # SmolLM2's 49,152 ids fit
     assert {"seg_id", "doc_id", "start", "n_tokens"} <= set(index.columns)
     assert index["n_tokens"].max() <= 128
     assert int(index["start"].iloc[-1] + index["n_tokens"].iloc[-1]) == len(tokens)
@@ -119,6 +120,25 @@ def test_in2_data_contract(smoke_repo):
             if row.kind in ("fine_grained", "integration"):
                 assert 256 <= row.n_tokens <= 640
     assert set(frames["train"]["source_doc"]).isdisjoint(frames["val"]["source_doc"])
+
+
+def test_show_prints_an_example_with_its_gold_segments_marked(smoke_repo):
+    repo, env, _ = smoke_repo
+    train = pd.read_parquet(repo / "data/in2/train.parquet")
+    row = train[train["kind"] == "integration"].iloc[0]
+    shown = _run(["in2", "show", row["example_id"]], repo, env).stdout
+    assert shown.startswith(f"{row['example_id']} [train] kind=integration")
+    assert shown.count(">>> GOLD") == len(row["gold_segments"]) == 2
+    for slot, seg in zip(row["gold_slots"], row["gold_segments"], strict=True):
+        assert f"gold segment {seg} at slot {slot} of {len(row['context_segments'])}" in shown
+        assert f">>> GOLD slot {slot} seg {seg} @" in shown
+    assert shown.count("   filler slot") == len(row["context_segments"]) - 2
+    assert f"QUESTION: {row['question']}" in shown
+    missing = subprocess.run(
+        ["in2", "show", "ex-nope"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert missing.returncode == 2
+    assert "no example 'ex-nope' in data/in2/{train,val}.parquet" in missing.stderr
 
 
 def test_probe_contract(smoke_repo):
@@ -182,6 +202,10 @@ def test_mlflow_holds_the_runs(smoke_repo):
 
 def test_second_repro_is_up_to_date_and_push_works(smoke_repo):
     repo, env, _ = smoke_repo
+    data = [repo / "data/in2/train.parquet", repo / "data/in2/val.parquet"]
+    before = [hashlib.md5(f.read_bytes()).hexdigest() for f in data]
+    _run(["dvc", "repro", "--force", "--single-item", "synthesize"], repo, env)
+    assert [hashlib.md5(f.read_bytes()).hexdigest() for f in data] == before  # deterministic
     assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo, env).stdout
     _run(["dvc", "push"], repo, env)
     assert any((repo / "dvc-storage").rglob("*"))

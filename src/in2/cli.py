@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from in2.outputs import atomic_file
@@ -49,26 +48,46 @@ def _changed(old: dict, new: dict, prefix: str = "") -> set[str]:
 
 
 def show_example(example_id: str, data_dir: Path = Path("data")) -> str:
-    """Human-readable rendering of one example, decoded on demand from segment ids."""
+    """Human-readable rendering of one example, decoded on demand from segment ids.
+
+    Every segment is printed with its slot and token span; gold segments are marked, and the
+    header says where each one sits (relative position 0 = start of the context, 1 = end).
+    """
+    import pyarrow.parquet as pq
+
     from in2.model import BASE_DIR, load_tokenizer
     from in2.segments import SegmentStore
 
     for split in ("train", "val"):
-        frame = pd.read_parquet(data_dir / "in2" / f"{split}.parquet")
-        match = frame[frame["example_id"] == example_id]
-        if len(match):
-            row = match.iloc[0]
+        path = data_dir / "in2" / f"{split}.parquet"
+        if not path.is_file():
+            raise InputError(f"{path} is missing; run `dvc repro synthesize` to build it")
+        match = pq.read_table(path, filters=[("example_id", "==", example_id)]).to_pylist()
+        if match:
+            row = match[0]
             break
     else:
         raise InputError(f"no example '{example_id}' in {data_dir / 'in2'}/{{train,val}}.parquet")
     tokenizer = load_tokenizer(BASE_DIR)
     store = SegmentStore.open(data_dir / "segments")
+    context = row["context_segments"]
+    lengths = store.lengths[context] if context else []
+    first_token = [int(sum(lengths[:i])) for i in range(len(context))]
     gold = dict(zip(row["gold_slots"], row["gold_segments"], strict=True))
-    lines = [f"{example_id} [{split}] kind={row['kind']} n_tokens={row['n_tokens']}"]
-    for slot, seg in enumerate(row["context_segments"]):
+    lines = [
+        f"{example_id} [{split}] kind={row['kind']} source_doc={row['source_doc']} "
+        f"context: {len(context)} segments, {row['n_tokens']} tokens",
+    ]
+    for slot, seg in sorted(gold.items()):
+        lines.append(
+            f"gold segment {seg} at slot {slot} of {len(context)}: tokens "
+            f"{first_token[slot]}-{first_token[slot] + lengths[slot] - 1}, relative position "
+            f"{(first_token[slot] + lengths[slot] / 2) / row['n_tokens']:.2f}"
+        )
+    for slot, seg in enumerate(context):
         mark = ">>> GOLD" if slot in gold else "   filler"
         text = tokenizer.decode(store.ids(int(seg)).tolist())
-        lines.append(f"{mark} slot {slot} seg {seg}: {text}")
+        lines.append(f"{mark} slot {slot} seg {seg} @{first_token[slot]}: {text}")
     lines += [f"QUESTION: {row['question']}", f"ANSWER: {row['answer']}"]
     return "\n".join(lines)
 
