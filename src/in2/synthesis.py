@@ -216,7 +216,7 @@ def place_gold(
     n, k = gold.shape
     width = fillers.shape[1] + k
     slots = rng.integers(width, size=(n, k))
-    while k > 1 and (clash := _has_repeat(slots)).any():
+    while k > 1 and (clash := _repeats(slots).any(axis=1)).any():
         slots[clash] = rng.integers(width, size=(int(clash.sum()), k))
     slots.sort(axis=1)
     if shuffle:  # which gold takes which (sorted) slot
@@ -228,10 +228,6 @@ def place_gold(
     contexts[is_gold] = np.take_along_axis(gold, order, axis=1).ravel()  # row-major = slot order
     contexts[~is_gold] = fillers.ravel()
     return contexts, slots
-
-
-def _has_repeat(rows: np.ndarray) -> np.ndarray:
-    return _repeats(rows).any(axis=1)
 
 
 # ------------------------------------------------------------------------- splits
