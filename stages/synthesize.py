@@ -7,11 +7,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from in2.instructions import load_general
+from in2.leakage import contaminated
 from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_dir, read_jsonl, write_json
 from in2.segments import SegmentStore
 from in2.stage import run_stage
-from in2.synthesis import contaminated, synthesize
+from in2.synthesis import synthesize
 
 
 def main(params, args) -> None:

@@ -1,6 +1,7 @@
 """Stage validate: the data quality gate between synthesize and train (data/in2 -> reports/).
 
-Runs the Great Expectations suites of in2.quality over train + val, writes the Data Docs site and
+Runs the Great Expectations suites of in2.quality over train + val and the QA pairs (with the
+segment text for grounding and the probe contexts for leakage), writes the Data Docs site and
 summary.json (both atomically, also when the gate fails, so the failure can be read), logs the
 summary to MLflow, and exits 1 when any expectation fails, so `dvc repro` stops before train.
 """
@@ -12,15 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from in2.outputs import atomic_dir, write_json
+from in2.model import BASE_DIR, load_tokenizer
+from in2.outputs import atomic_dir, read_jsonl, write_json
 from in2.params import Params
 from in2.quality import dataset_fingerprint, validate_dataset
+from in2.segments import SegmentStore
 from in2.stage import run_stage
 from in2.tracking import mlflow_run
 
 log = logging.getLogger("in2.validate")
 DATA = [Path("data/in2/train.parquet"), Path("data/in2/val.parquet")]
-SEGMENTS = Path("data/segments/segments.parquet")
+SEGMENTS = Path("data/segments")
+QA = Path("data/qa/qa.parquet")
+PROBES = Path("data/probes")
 OUT = Path("reports/data_quality")
 
 
@@ -30,8 +35,21 @@ def main(params: Params, args: argparse.Namespace) -> None:
     log.info(
         "validating %d train + %d val examples (md5 %s)", len(train), len(val), fingerprint["md5"]
     )
+    store = SegmentStore.open(SEGMENTS)
+    probe_texts = [
+        r["text"] for f in sorted(PROBES.glob("*/contexts.jsonl")) for r in read_jsonl(f)
+    ]
     with atomic_dir(OUT / "docs") as docs:
-        report = validate_dataset(train, val, params, docs, segments=pd.read_parquet(SEGMENTS))
+        report = validate_dataset(
+            train,
+            val,
+            params,
+            docs,
+            segments=store.index,
+            qa=pd.read_parquet(QA),
+            segment_text=store.texts(load_tokenizer(BASE_DIR)),
+            probe_texts=probe_texts,
+        )
     summary = {**report.to_summary(), "dataset": fingerprint}
     write_json(OUT / "summary.json", summary)
     log.info(
@@ -46,6 +64,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         "synthesize": {
             "mix": params.synthesize.mix,
             "context_tokens": params.synthesize.context_tokens.model_dump(),
+            "decontam_ngram": params.synthesize.decontam_ngram,
         },
     }
     with mlflow_run("validate", params=logged, tags={"dataset_md5": fingerprint["md5"]}) as mlflow:

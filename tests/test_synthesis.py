@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
+from in2.leakage import contaminated
 from in2.params import ContextLength, SynthesizeParams
 from in2.synthesis import (
     FillerPool,
     SynthesisError,
-    contaminated,
     filler_counts,
     mix_counts,
     place_gold,

@@ -58,6 +58,7 @@ from great_expectations.expectations.metrics import (
 from great_expectations.expectations.row_conditions import Column
 from scipy import stats
 
+from in2.leakage import ngrams, probe_ngrams
 from in2.params import KINDS, Params
 
 LONG_KINDS = ("fine_grained", "integration")
@@ -82,11 +83,9 @@ CONTRACT: dict[str, str] = {
 NULLABLE = ("source_doc",)
 """General instruction data has no gold segments, so it need not name a source document."""
 
-_RESULT_FORMAT = {
-    "result_format": "SUMMARY",
-    "partial_unexpected_count": 10,
-    "unexpected_index_column_names": ["example_id"],
-}
+_RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 10}
+ID_COLUMNS = ("example_id", "qa_id")
+"""Columns that name a row in failure messages: the first one a suite's table has."""
 
 
 # ---------------------------------------------------------------- custom metrics and expectations
@@ -220,6 +219,64 @@ class ExpectColumnValueFractionsToMatch(ColumnAggregateExpectation):
         return {"success": success, "result": {"observed_value": text, "details": details}}
 
 
+def balance_test(values: np.ndarray, low: float, high: float, bins: int) -> dict[str, Any]:
+    """Chi-square test of equal counts over `bins` equal-width bins of [low, high]."""
+    counts, _ = np.histogram(np.asarray(values, dtype=float), bins=bins, range=(low, high))
+    test = stats.chisquare(counts) if counts.sum() else None
+    return {
+        "n": int(counts.sum()),
+        "bin_counts": [int(c) for c in counts],
+        "chi2_statistic": float(test.statistic) if test else None,
+        "chi2_p": float(test.pvalue) if test else None,
+    }
+
+
+class ColumnBinBalance(ColumnAggregateMetricProvider):
+    """Metric `column.in2_bin_balance`: counts over equal-width bins and a chi-square p-value."""
+
+    metric_name = "column.in2_bin_balance"
+    value_keys = ("low", "high", "bins")
+    filter_column_isnull = True
+
+    @column_aggregate_value(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, low: float, high: float, bins: int, **kwargs: Any) -> dict:
+        return balance_test(column.to_numpy(dtype=float), low, high, bins)
+
+
+class ExpectColumnValuesToBeBalancedOverBins(ColumnAggregateExpectation):
+    """Expect a column's values to spread evenly over equal-width bins of [low, high]:
+    chi-square p >= alpha against equal counts (from `min_n` values; below, "insufficient data").
+    """
+
+    low: float
+    high: float
+    bins: int
+    alpha: float = 0.001
+    min_n: int = 20
+
+    metric_dependencies = ("column.in2_bin_balance",)
+    success_keys = ("low", "high", "bins", "alpha", "min_n")
+    args_keys = ("column", "low", "high", "bins", "alpha", "min_n")
+
+    def _validate(
+        self,
+        metrics: dict,
+        runtime_configuration: dict | None = None,
+        execution_engine: Any = None,
+    ) -> dict[str, Any]:
+        got = metrics["column.in2_bin_balance"]
+        details = {**got, "alpha": self.alpha, "min_n": self.min_n}
+        if got["n"] < self.min_n:
+            observed = f"insufficient data: n={got['n']}, fewer than {self.min_n}; not tested"
+            return {"success": True, "result": {"observed_value": observed, "details": details}}
+        success = got["chi2_p"] >= self.alpha
+        observed = (
+            f"n={got['n']}, counts per bin {got['bin_counts']}, chi-square p={got['chi2_p']:.3g} "
+            f"(alpha {self.alpha:g})"
+        )
+        return {"success": success, "result": {"observed_value": observed, "details": details}}
+
+
 def _is_integer_list(value: Any) -> bool:
     if not isinstance(value, (list, tuple, np.ndarray)):
         return False
@@ -266,13 +323,17 @@ def _with_split(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
 
 
 def example_table(
-    train: pd.DataFrame, val: pd.DataFrame, segments: pd.DataFrame | None = None
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    segments: pd.DataFrame | None = None,
+    leakage: Leakage | None = None,
 ) -> pd.DataFrame:
     """One row per example with the counts the checks need (list columns reduced to numbers).
 
     With `segments` (seg_id, doc_id, n_tokens) it also counts what only the segment index knows:
     unknown ids, the context's real token count, gold segments from another document than
-    `source_doc`, and fillers from the answer's own document (which the recipe forbids).
+    `source_doc`, fillers from the answer's own document (which the recipe forbids) and documents
+    the other split uses too. With `leakage`, the probe n-grams in the example's text.
     """
     data = _with_split(train, val)
     table = pd.DataFrame(
@@ -286,8 +347,26 @@ def example_table(
             "n_gold_slots": data["gold_slots"].map(len).astype("int64"),
             "question_chars": data["question"].str.strip().str.len(),
             "answer_chars": data["answer"].str.strip().str.len(),
+            "content_key": [
+                hashlib.sha1(repr((k, q, a, [int(s) for s in c])).encode()).hexdigest()
+                for k, q, a, c in zip(
+                    data["kind"],
+                    data["question"],
+                    data["answer"],
+                    data["context_segments"],
+                    strict=True,
+                )
+            ],
         }
     )
+    if leakage is not None:
+        table["n_probe_ngrams"] = [
+            leakage.hits(f"{q}\n{a}\n" + " ".join(leakage.segment_text[int(s)] for s in c))
+            for q, a, c in zip(
+                data["question"], data["answer"], data["context_segments"], strict=True
+            )
+        ]
+    table["n_docs_in_other_split"] = _docs_in_other_split(data, None)
     if segments is None:
         return table
 
@@ -313,6 +392,97 @@ def example_table(
     table["n_fillers_from_source_doc"] = per_example(
         pd.Series(~is_gold & same_doc, index=ctx.index)
     )
+    table["n_docs_in_other_split"] = _docs_in_other_split(data, ctx_doc)
+    return table
+
+
+def _docs_in_other_split(data: pd.DataFrame, ctx_doc: pd.Series | None) -> list[int]:
+    """Per example: how many of its documents (source and, if known, context) the other split
+    uses too. Train and val must not share a document, or val measures memorisation."""
+    docs = pd.DataFrame({"doc": data["source_doc"].astype(str), "split": data["split"]})
+    if ctx_doc is not None:
+        from_ctx = pd.DataFrame({"doc": ctx_doc.astype(str), "split": data["split"][ctx_doc.index]})
+        docs = pd.concat([docs, from_ctx.dropna()])
+    splits_of = docs.groupby("doc")["split"].agg(set)
+    shared = {d for d, splits in splits_of.items() if len(splits) > 1}
+    per_example = docs[docs["doc"].isin(shared)].groupby(level=0)["doc"].nunique()
+    return per_example.reindex(data.index, fill_value=0).astype("int64").tolist()
+
+
+@dataclass(frozen=True)
+class Leakage:
+    """What the leakage check compares: segment text and the probe contexts' n-grams."""
+
+    segment_text: dict[int, str]
+    probe: set[int]
+    n: int
+
+    @classmethod
+    def of(cls, segment_text: dict[int, str], probe_texts: list[str], n: int) -> Leakage:
+        return cls(segment_text, probe_ngrams(probe_texts, n), n)
+
+    def hits(self, text: str) -> int:
+        """Number of distinct probe n-grams in a text."""
+        return len(ngrams(text, self.n) & self.probe)
+
+
+def template_grounded(answer: str, cues: list[str], gold_text: str) -> bool:
+    """Is a template answer recoverable from the gold text: each cue followed by its part?
+
+    Fine-grained: "<cue> <answer>" occurs in the gold text. Integration: the answer is
+    "1. <part> 2. <part> ...", and "<cue i> <part i>" occurs for every i (each split point of the
+    numbering is tried, so a part that itself contains " 2. " does not break the check).
+    """
+    text = " ".join(gold_text.split())
+    answer = " ".join(answer.split())
+    if len(cues) == 1:
+        return f"{cues[0]} {answer}" in text
+
+    def rest_ok(i: int, rest: str) -> bool:
+        head = f"{i + 1}. "
+        if not rest.startswith(head):
+            return False
+        body = rest[len(head) :]
+        if i == len(cues) - 1:
+            return f"{cues[i]} {body}" in text
+        marker = f" {i + 2}. "
+        cuts = [j for j in range(len(body)) if body.startswith(marker, j)]
+        return any(f"{cues[i]} {body[:j]}" in text and rest_ok(i + 1, body[j + 1 :]) for j in cuts)
+
+    return bool(cues) and rest_ok(0, answer)
+
+
+def qa_table(
+    qa: pd.DataFrame, segments: pd.DataFrame | None, segment_text: dict[int, str] | None
+) -> pd.DataFrame:
+    """One row per QA pair of data/qa: counts, and grounding of template pairs in gold text
+    (`grounded` is True for other generators: an LLM answer need not quote its text)."""
+    gold = qa["gold_segments"].map(lambda g: [int(s) for s in g])
+    table = pd.DataFrame(
+        {
+            "qa_id": qa["qa_id"].astype(str),
+            "kind": qa["kind"].astype(str),
+            "generator": qa["generator"].astype(str),
+            "n_gold": gold.map(len).astype("int64"),
+            "question_chars": qa["question"].str.strip().str.len(),
+            "answer_chars": qa["answer"].str.strip().str.len(),
+        }
+    )
+    if segment_text is not None:
+        table["grounded"] = [
+            template_grounded(a, list(cues), " ".join(segment_text.get(s, "") for s in g))
+            if generator.startswith("template")
+            else True
+            for a, cues, g, generator in zip(
+                qa["answer"], qa["keywords"], gold, table["generator"], strict=True
+            )
+        ]
+    if segments is not None:
+        doc_of = segments.set_index("seg_id")["doc_id"].astype(str)
+        table["n_gold_from_other_docs"] = [
+            sum(doc_of.get(s) != doc for s in g)
+            for g, doc in zip(gold, qa["source_doc"].astype(str), strict=True)
+        ]
     return table
 
 
@@ -416,9 +586,12 @@ def schema_expectations() -> list[gxe.Expectation]:
     return out
 
 
-def example_expectations(params: Params, with_segments: bool) -> list[gxe.Expectation]:
+def example_expectations(
+    params: Params, with_segments: bool, with_leakage: bool = False
+) -> list[gxe.Expectation]:
     """Checks on the one-row-per-example table (see `example_table`)."""
-    lo, hi = params.synthesize.context_tokens.min, params.synthesize.context_tokens.max
+    c = params.synthesize.context_tokens
+    lo, hi = c.min, c.max
     long_kinds = _where_kind(*LONG_KINDS)
     out = [
         _expect(
@@ -533,6 +706,48 @@ def example_expectations(params: Params, with_segments: bool) -> list[gxe.Expect
             min_value=1,
         ),
     ]
+    out += [
+        _expect(
+            gxe.ExpectColumnValuesToBeUnique,
+            "example.content_unique",
+            "No two examples have the same kind, question, answer and context.",
+            column="content_key",
+        ),
+        _expect(
+            ExpectColumnValuesToBeBalancedOverBins,
+            "n_tokens.balanced.train",
+            f"Long-context lengths of the train split spread evenly over the "
+            f"{c.bins} bins of {lo}-{hi} tokens (chi-square p >= {params.gate.alpha:g}).",
+            kind=LONG,
+            column="n_tokens",
+            low=lo,
+            high=hi,
+            bins=c.bins,
+            alpha=params.gate.alpha,
+            min_n=MIN_PER_BIN * c.bins,
+            row_condition=long_kinds & (Column("split") == "train"),
+        ),
+        _expect(
+            gxe.ExpectColumnValuesToBeBetween,
+            "splits.disjoint_by_document",
+            "Train and val share no document (source or context).",
+            column="n_docs_in_other_split",
+            min_value=0,
+            max_value=0,
+        ),
+    ]
+    if with_leakage:
+        out.append(
+            _expect(
+                gxe.ExpectColumnValuesToBeBetween,
+                "leakage.probe_ngrams",
+                f"No example shares a word {params.synthesize.decontam_ngram}-gram with a probe "
+                "context (question, answer or context text).",
+                column="n_probe_ngrams",
+                min_value=0,
+                max_value=0,
+            )
+        )
     if with_segments:
         out += [
             _expect(
@@ -569,6 +784,77 @@ def example_expectations(params: Params, with_segments: bool) -> list[gxe.Expect
                 row_condition=long_kinds,
             ),
         ]
+    return out
+
+
+def qa_expectations(with_segments: bool, with_text: bool) -> list[gxe.Expectation]:
+    """Checks on the QA pairs of data/qa (see `qa_table`)."""
+    out = [
+        _expect(
+            gxe.ExpectColumnValuesToBeUnique, "qa.qa_id.unique", "qa_id is unique.", column="qa_id"
+        ),
+        _expect(
+            gxe.ExpectColumnValuesToBeInSet,
+            "qa.kind.in_set",
+            f"A QA pair is one of {', '.join(LONG_KINDS)}.",
+            column="kind",
+            value_set=list(LONG_KINDS),
+        ),
+        _expect(
+            gxe.ExpectColumnValuesToBeBetween,
+            "qa.question.non_empty",
+            "Every QA pair has a question.",
+            column="question_chars",
+            min_value=1,
+        ),
+        _expect(
+            gxe.ExpectColumnValuesToBeBetween,
+            "qa.answer.non_empty",
+            "Every QA pair has an answer.",
+            column="answer_chars",
+            min_value=1,
+        ),
+        _expect(
+            gxe.ExpectColumnValuesToBeBetween,
+            "qa.fine_grained.one_gold",
+            "A fine-grained pair needs exactly one segment.",
+            kind="fine_grained",
+            column="n_gold",
+            min_value=1,
+            max_value=1,
+            row_condition=_where_kind("fine_grained"),
+        ),
+        _expect(
+            gxe.ExpectColumnValuesToBeBetween,
+            "qa.integration.several_gold",
+            "An integration pair needs two or more segments.",
+            kind="integration",
+            column="n_gold",
+            min_value=2,
+            row_condition=_where_kind("integration"),
+        ),
+    ]
+    if with_text:
+        out.append(
+            _expect(
+                gxe.ExpectColumnValuesToBeInSet,
+                "qa.template.grounded",
+                "Every template answer follows its cue(s) in the gold segments' text.",
+                column="grounded",
+                value_set=[True],
+            )
+        )
+    if with_segments:
+        out.append(
+            _expect(
+                gxe.ExpectColumnValuesToBeBetween,
+                "qa.gold.from_source_doc",
+                "Every gold segment of a QA pair comes from its source_doc.",
+                column="n_gold_from_other_docs",
+                min_value=0,
+                max_value=0,
+            )
+        )
     return out
 
 
@@ -714,9 +1000,11 @@ def _observed(result: dict[str, Any], column: str | None) -> tuple[dict[str, Any
         return result["details"], result["observed_value"]  # our own expectations
     observed = {k: result[k] for k in ("observed_value", "details") if k in result}
     observed |= {k: result[k] for k in ("element_count", "unexpected_count") if k in result}
-    ids = [row.get("example_id") for row in result.get("partial_unexpected_index_list") or []]
+    rows = result.get("partial_unexpected_index_list") or []
+    id_column = next((c for c in ID_COLUMNS if rows and c in rows[0]), None)
+    ids = [row[id_column] for row in rows] if id_column else []
     if ids:
-        observed["example_ids"] = ids
+        observed[f"{id_column}s"] = ids
     if result.get("unexpected_count"):
         observed["values"] = result.get("partial_unexpected_list", [])
     if "observed_value" in observed:
@@ -725,7 +1013,7 @@ def _observed(result: dict[str, Any], column: str | None) -> tuple[dict[str, Any
         )
     brief = f"{observed.get('unexpected_count', 0)} of {observed.get('element_count', '?')} rows"
     if ids:
-        brief += f", e.g. example_id {ids[:5]}"
+        brief += f", e.g. {id_column} {ids[:5]}"
     if observed.get("values"):
         brief += f" with {column} {observed['values'][:5]}"
     return observed, brief
@@ -799,8 +1087,8 @@ def _run_suite(
         gx.ValidationDefinition(name=name, data=batch, suite=suite)
     )
     fmt = dict(_RESULT_FORMAT)
-    if "example_id" not in frame.columns:
-        fmt.pop("unexpected_index_column_names")
+    if id_column := next((c for c in ID_COLUMNS if c in frame.columns), None):
+        fmt["unexpected_index_column_names"] = [id_column]
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(
             name=name,
@@ -821,12 +1109,19 @@ def validate_dataset(
     params: Params,
     docs_dir: Path | None,
     segments: pd.DataFrame | None = None,
+    qa: pd.DataFrame | None = None,
+    segment_text: dict[int, str] | None = None,
+    probe_texts: list[str] | None = None,
 ) -> QualityReport:
     """Run the quality suites on the train and val tables; build Data Docs into `docs_dir`.
 
-    `segments` (data/segments/segments.parquet) enables the checks that need the segment index.
-    `docs_dir=None` skips Data Docs (faster, for tests).
+    `segments` (data/segments/segments.parquet) enables the checks that need the segment index;
+    `qa` (data/qa/qa.parquet) the suite of QA pairs; `segment_text` their grounding and, with
+    `probe_texts`, the leakage check. `docs_dir=None` skips Data Docs (faster, for tests).
     """
+    leakage = None
+    if segment_text is not None and probe_texts is not None:
+        leakage = Leakage.of(segment_text, probe_texts, params.synthesize.decontam_ngram)
     build_docs = docs_dir is not None
     settings = {
         "alpha": params.gate.alpha,
@@ -834,6 +1129,8 @@ def validate_dataset(
         "mix_tolerance": params.gate.mix_tolerance,
         "uniformity_min_n": MIN_PER_BIN * params.gate.position_bins,
         "segment_checks": segments is not None,
+        "qa_checks": qa is not None,
+        "leakage_check": leakage is not None,
     }
     rows = {"train": len(train), "val": len(val)}
     with _gx_project() as context:
@@ -844,8 +1141,8 @@ def validate_dataset(
             results += _run_suite(
                 context,
                 "in2_examples",
-                example_table(train, val, segments),
-                example_expectations(params, with_segments=segments is not None),
+                example_table(train, val, segments, leakage),
+                example_expectations(params, segments is not None, leakage is not None),
                 build_docs,
             )
             results += _run_suite(
@@ -857,6 +1154,14 @@ def validate_dataset(
             )
         else:
             skipped = ["in2_examples", "in2_gold_slots"]
+        if qa is not None:
+            results += _run_suite(
+                context,
+                "in2_qa_pairs",
+                qa_table(qa, segments, segment_text),
+                qa_expectations(segments is not None, segment_text is not None),
+                build_docs,
+            )
         if docs_dir is not None:
             site = Path(context.root_directory) / "uncommitted" / "data_docs" / "local_site"
             shutil.copytree(site, docs_dir, dirs_exist_ok=True)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,7 +49,6 @@ COLUMNS = [
 LONG_KINDS = ("fine_grained", "integration")
 MAX_REDRAWS = 100
 """Rounds of redrawing rejected fillers before the pool is declared too small."""
-_WORD = re.compile(r"\w+")
 
 
 class SynthesisError(InputError):
@@ -70,25 +67,6 @@ def mix_counts(n: int, mix: dict[str, float]) -> dict[str, int]:
     for k in by_remainder[:left]:
         counts[k] += 1
     return counts
-
-
-# ------------------------------------------------------------------------- decontamination
-
-
-def ngrams(text: str, n: int) -> set[int]:
-    """Hashes of the lower-cased word n-grams of a text."""
-    words = _WORD.findall(text.lower())
-    return {hash(tuple(words[i : i + n])) for i in range(len(words) - n + 1)}
-
-
-def contaminated(texts: Iterable[tuple[str, str]], probe_texts: list[str], n: int) -> set[str]:
-    """Keys of the (key, text) pairs sharing any word n-gram with a probe context.
-
-    The paper drops every source text with a 10-gram in an evaluation set; whole documents are
-    checked (not segments), so an n-gram across a segment boundary counts too.
-    """
-    probe: set[int] = set().union(*(ngrams(t, n) for t in probe_texts))
-    return {key for key, text in texts if not ngrams(text, n).isdisjoint(probe)}
 
 
 # ------------------------------------------------------------------------- long contexts
