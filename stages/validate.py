@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from in2.fingerprint import dataset_fingerprint
 from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_dir, read_jsonl, write_json
 from in2.params import Params
-from in2.quality import dataset_fingerprint, validate_dataset
+from in2.quality import validate_dataset
 from in2.segments import SegmentStore
 from in2.stage import run_stage
 from in2.tracking import mlflow_run

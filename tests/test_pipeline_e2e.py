@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("document", "code", "database")
@@ -175,6 +176,9 @@ def test_gate_train_and_report_outputs(smoke_repo):
     repo, _, _ = smoke_repo
     summary = json.loads((repo / "reports/data_quality/summary.json").read_text())
     assert summary["success"] is True
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    (out,) = [o for o in lock["stages"]["synthesize"]["outs"] if o["path"] == "data/in2"]
+    assert summary["dataset"]["md5"] == out["md5"]  # the gate's tag is DVC's version of data/in2
     assert (repo / "reports/data_quality/docs").is_dir()
     assert (repo / "models/in2/model.safetensors").is_file()
     assert not list((repo / "models/in2").glob("*.bin"))

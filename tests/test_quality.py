@@ -451,7 +451,7 @@ def test_stage_writes_docs_summary_and_sets_the_exit_code(
     )
     summary = json.loads((tmp_path / "reports/data_quality/summary.json").read_text())
     assert (tmp_path / "reports/data_quality/docs/index.html").is_file()
-    assert len(summary["dataset"]["md5"]) == 32
+    assert len(summary["dataset"]["md5"]) == 36 and summary["dataset"]["md5"].endswith(".dir")
     if corrupt is None:
         assert out.returncode == 0, out.stderr[-3000:]
         assert summary["success"] is True

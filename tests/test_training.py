@@ -183,7 +183,7 @@ def test_global_batch_that_does_not_divide_is_an_error(
 
 
 def test_training_refuses_data_the_quality_gate_did_not_pass(tmp_path: Path) -> None:
-    from in2.quality import dataset_fingerprint
+    from in2.fingerprint import dataset_fingerprint
 
     data = tmp_path / "train.parquet"
     data.write_bytes(b"examples v1")

@@ -1166,24 +1166,3 @@ def validate_dataset(
             site = Path(context.root_directory) / "uncommitted" / "data_docs" / "local_site"
             shutil.copytree(site, docs_dir, dirs_exist_ok=True)
     return QualityReport(results=results, rows=rows, settings=settings, skipped=skipped)
-
-
-def dataset_fingerprint(paths: Iterable[Path]) -> dict[str, Any]:
-    """md5 of each file and of all their bytes in the given order (the dataset version tag).
-
-    A per-file md5 equals DVC's md5 of that file, so it can be matched against `dvc.lock`.
-    """
-    total = hashlib.md5()
-    files = {}
-    for path in paths:
-        one = hashlib.md5()
-        with Path(path).open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                one.update(chunk)
-                total.update(chunk)
-        files[str(path)] = one.hexdigest()
-    return {
-        "md5": total.hexdigest(),
-        "md5_of": "the bytes of " + ", then ".join(files),
-        "files": files,
-    }

@@ -41,6 +41,7 @@ from in2.batching import (
     process_micro_batches,
     step_schedule,
 )
+from in2.fingerprint import file_md5
 from in2.model import save_model
 from in2.outputs import atomic_dir, atomic_file, write_json
 from in2.params import InputError, Params
@@ -54,9 +55,6 @@ def require_passed_gate(summary_path: str | Path, data_files: Sequence[str | Pat
 
     Returns the dataset md5 the gate recorded (the version tag of the training data).
     """
-    # Imported here: in2.quality imports Great Expectations (~3 s), only this check needs it.
-    from in2.quality import dataset_fingerprint
-
     path = Path(summary_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; run `dvc repro validate` to build it")
@@ -71,7 +69,7 @@ def require_passed_gate(summary_path: str | Path, data_files: Sequence[str | Pat
         )
     checked = summary.get("dataset", {}).get("files", {})
     for file in data_files:
-        if checked.get(str(file)) != dataset_fingerprint([file])["md5"]:
+        if checked.get(str(file)) != file_md5(Path(file)):
             raise InputError(
                 f"{file} is not the file the quality gate passed ({path}); "
                 "run `dvc repro validate` (or `dvc repro train`, which runs it first)"
