@@ -120,6 +120,11 @@ class Batch:
         """Real (non-padding) tokens, for throughput."""
         return int(self.attention_mask.sum())
 
+    @property
+    def n_padded(self) -> int:
+        """Tokens the model computes, padding included."""
+        return self.attention_mask.numel()
+
 
 def collate(rows: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) -> Batch:
     """Stack (input ids, labels) pairs into one right-padded batch."""
@@ -198,8 +203,38 @@ def step_schedule(plan: BatchPlan, seed: int) -> np.ndarray:
     return order.reshape(plan.optimizer_steps, plan.global_batch_size)
 
 
-def process_micro_batches(step: np.ndarray, plan: BatchPlan, rank: int) -> list[np.ndarray]:
-    """This process's share of one step (a contiguous slice), cut into micro-batches."""
-    share = plan.global_batch_size // plan.world_size
-    mine = step[rank * share : (rank + 1) * share]
-    return [mine[i : i + plan.micro_batch_size] for i in range(0, share, plan.micro_batch_size)]
+def process_micro_batches(
+    step: np.ndarray, plan: BatchPlan, rank: int, lengths: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """This process's share of one step, cut into micro-batches.
+
+    The step's examples are cut into micro-batches dealt to the processes in turn. With
+    `lengths` (tokens per example) they are sorted by length first, longest first: a micro-batch
+    then holds examples of similar length (little padding) and every process a similar load.
+    """
+    order = step if lengths is None else step[np.argsort(-lengths[step], kind="stable")]
+    size = plan.micro_batch_size
+    chunks = [order[i : i + size] for i in range(0, plan.global_batch_size, size)]
+    return chunks[rank :: plan.world_size]
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """The micro-batches of one process, in order, as padded `Batch`es (for a DataLoader, so
+    workers gather token ids from the memory map ahead of the model)."""
+
+    def __init__(
+        self,
+        encoder: ExampleEncoder,
+        examples: Sequence[EncodedExample],
+        micro_batches: Sequence[np.ndarray],
+        pad_id: int,
+    ) -> None:
+        self.encoder, self.examples = encoder, examples
+        self.micro_batches, self.pad_id = micro_batches, pad_id
+
+    def __len__(self) -> int:
+        return len(self.micro_batches)
+
+    def __getitem__(self, i: int) -> Batch:
+        rows = [self.encoder.ids(self.examples[j]) for j in self.micro_batches[i]]
+        return collate(rows, self.pad_id)

@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from in2.params import ModelParams
+from in2.params import InputError, ModelParams
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +133,26 @@ def load_model(
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
+
+
+def scale_rope_base(lm: PreTrainedModel, factor: float) -> float:
+    """Multiply the RoPE base (theta) by `factor` and rebuild the rotary embeddings; returns it.
+
+    The paper (Table 3) found 10x the default base helped long-context training. The rotary
+    module caches its inverse frequencies at construction, so changing the config alone would do
+    nothing: every `rotary_emb` module is rebuilt from the updated config. The saved checkpoint
+    carries the new base, so the trained model is probed with the base it was trained with.
+    """
+    rope = getattr(lm.config, "rope_parameters", None)
+    if not rope or "rope_theta" not in rope:
+        raise InputError(
+            f"train.rope_theta_factor: {type(lm).__name__} has no rope_parameters.rope_theta in "
+            "its config; set train.rope_theta_factor to 1.0 for this model"
+        )
+    lm.config.rope_parameters = {**rope, "rope_theta": rope["rope_theta"] * factor}
+    for name, module in list(lm.named_modules()):
+        if name.rsplit(".", 1)[-1] == "rotary_emb" and hasattr(module, "inv_freq"):
+            parent = lm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else lm
+            rebuilt = type(module)(config=lm.config).to(module.inv_freq.device)
+            setattr(parent, name.rsplit(".", 1)[-1], rebuilt)
+    return float(lm.config.rope_parameters["rope_theta"])

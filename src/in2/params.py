@@ -317,6 +317,14 @@ class TrainParams(_Section):
     (Mistral [INST] tags)."""
     max_seq_len: int = Field(2048, gt=0)
     """Longest prompt + answer; a longer example is an error, never truncated."""
+    rope_theta_factor: float = Field(1.0, gt=0)
+    """Multiply the base model's RoPE base by this before training (paper Table 3: 10x helped);
+    the trained checkpoint keeps the new base."""
+    group_by_length: bool = True
+    """Sort each optimizer step's examples by length before cutting micro-batches, so a
+    micro-batch pads little; the examples of a step and the step order stay as drawn."""
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes that gather and pad micro-batches ahead of the model."""
     seed: int = 0
     """Data order and initialisation seed."""
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
@@ -36,15 +37,16 @@ from in2.batching import (
     BatchPlan,
     EncodedExample,
     ExampleEncoder,
+    MicroBatches,
     collate,
     plan_batches,
     process_micro_batches,
     step_schedule,
 )
 from in2.fingerprint import file_md5
-from in2.model import save_model
+from in2.model import save_model, scale_rope_base
 from in2.outputs import atomic_dir, atomic_file, write_json
-from in2.params import InputError, Params
+from in2.params import InputError, Params, TrainParams
 from in2.tracking import mlflow_run
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,10 @@ class StepLog:
     """Learning rate this step was taken with."""
     grad_norm: float
     """Gradient norm before clipping."""
+    tokens_per_s: float
+    """Real (non-padding) tokens of the step, all processes, per second of the step."""
+    padding_fraction: float
+    """Share of the computed tokens that were padding."""
 
 
 @dataclass(frozen=True)
@@ -206,24 +212,37 @@ def _run_steps(
     plan: BatchPlan,
     schedule: np.ndarray,
     pad_id: int,
-    max_grad_norm: float,
+    tp: TrainParams,
     mlflow: Any,
 ) -> tuple[list[StepLog], int]:
     """The optimizer steps; returns the step log and the real tokens processed (all processes)."""
     answer_len = np.array([len(e.answer) for e in examples])
+    lengths = np.array([e.n_tokens for e in examples]) if tp.group_by_length else None
+    rank = accelerator.process_index
+    per_step = [process_micro_batches(s, plan, rank, lengths) for s in schedule]
+    batches = iter(
+        DataLoader(
+            MicroBatches(encoder, examples, [m for step in per_step for m in step], pad_id),
+            batch_size=None,
+            num_workers=tp.num_workers,
+        )
+    )
     history: list[StepLog] = []
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
     bar = tqdm(schedule, desc="train", unit="step", disable=not accelerator.is_main_process)
     for step, indices in enumerate(bar, start=1):
+        started = time.perf_counter()
         # Normalise by the answer tokens of the whole global batch (every rank knows them), so the
         # gradient is the per-token mean however the answers fall into micro-batches and ranks;
         # × world size because DDP averages gradients over processes.
         n_answer = float(answer_len[indices].sum())
         scale = plan.world_size / n_answer
         loss_sum = torch.zeros((), device=accelerator.device)
-        micro = process_micro_batches(indices, plan, accelerator.process_index)
-        for i, ids in enumerate(micro):
-            batch = collate([encoder.ids(examples[j]) for j in ids], pad_id)
+        # real and padded tokens of this step on this process, summed over processes below
+        counts = torch.zeros(2, dtype=torch.long, device=accelerator.device)
+        micro = per_step[step - 1]
+        for i in range(len(micro)):
+            batch = next(batches)
             # Gradients are all-reduced on the last micro-batch of a step only.
             with nullcontext() if i == len(micro) - 1 else accelerator.no_sync(loss_fn):
                 loss = loss_fn(
@@ -233,19 +252,36 @@ def _run_steps(
                 )
                 accelerator.backward(loss * scale)
             loss_sum += loss.detach()
-            tokens += batch.n_tokens
-        grad_norm = accelerator.clip_grad_norm_(loss_fn.parameters(), max_grad_norm)
+            counts += torch.tensor([batch.n_tokens, batch.n_padded], device=counts.device)
+        grad_norm = accelerator.clip_grad_norm_(loss_fn.parameters(), tp.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss_mean = accelerator.reduce(loss_sum, "sum").item() / n_answer
-        entry = StepLog(step, loss_mean, float(lr), float(grad_norm))
+        real, padded = accelerator.reduce(counts, "sum").tolist()
+        tokens += counts[0]
+        entry = StepLog(
+            step,
+            loss_mean,
+            float(lr),
+            float(grad_norm),
+            real / (time.perf_counter() - started),
+            1 - real / padded,
+        )
         history.append(entry)
         bar.set_postfix(loss=f"{entry.loss:.4f}", lr=f"{lr:.2e}")
         if mlflow:
-            metrics = {"loss": entry.loss, "lr": entry.lr, "grad_norm": entry.grad_norm}
-            mlflow.log_metrics(metrics, step=step)
+            mlflow.log_metrics(
+                {
+                    "loss": entry.loss,
+                    "lr": entry.lr,
+                    "grad_norm": entry.grad_norm,
+                    "tokens_per_s": entry.tokens_per_s,
+                    "padding_fraction": entry.padding_fraction,
+                },
+                step=step,
+            )
     return history, int(accelerator.reduce(tokens, "sum").item())
 
 
@@ -275,6 +311,9 @@ def train(
         tp.epochs,
     )
     log.info("%s", plan.describe())
+    if tp.rope_theta_factor != 1.0:
+        theta = scale_rope_base(lm, tp.rope_theta_factor)
+        log.info("RoPE base × %g -> %g", tp.rope_theta_factor, theta)
     if tp.gradient_checkpointing:
         lm.activation_checkpointing_enable()
     lm.train()
@@ -293,7 +332,11 @@ def train(
     with mlflow_run("train", params=run_params, tags=tags) if main else nullcontext() as mlflow:
         if mlflow:
             mlflow.log_params(
-                {"gradient_accumulation": plan.gradient_accumulation, "world_size": plan.world_size}
+                {
+                    "gradient_accumulation": plan.gradient_accumulation,
+                    "world_size": plan.world_size,
+                    "rope_theta": lm.config.to_dict().get("rope_parameters", {}).get("rope_theta"),
+                }
             )
         start = time.perf_counter()
         history, n_tokens = _run_steps(
@@ -306,7 +349,7 @@ def train(
             plan,
             step_schedule(plan, tp.seed),
             pad_id,
-            tp.max_grad_norm,
+            tp,
             mlflow,
         )
         wall = time.perf_counter() - start
@@ -335,6 +378,7 @@ def _summary_metrics(result: TrainResult) -> dict[str, float]:
     metrics = {
         "train_loss": result.final_loss,
         "tokens_per_second": result.tokens_per_second,
+        "padding_fraction": float(np.mean([h.padding_fraction for h in result.history])),
         "wall_seconds": result.wall_seconds,
         "global_batch_size": result.plan.global_batch_size,
         "gradient_accumulation": result.plan.gradient_accumulation,
