@@ -18,6 +18,7 @@ from in2.batching import (
     process_micro_batches,
     step_schedule,
 )
+from in2.fingerprint import dataset_fingerprint
 from in2.model import load_model, load_tokenizer
 from in2.params import InputError, parse_params
 from in2.prompting import PromptEncoder
@@ -183,8 +184,6 @@ def test_global_batch_that_does_not_divide_is_an_error(
 
 
 def test_training_refuses_data_the_quality_gate_did_not_pass(tmp_path: Path) -> None:
-    from in2.fingerprint import dataset_fingerprint
-
     data = tmp_path / "train.parquet"
     data.write_bytes(b"examples v1")
     summary = tmp_path / "summary.json"
@@ -271,6 +270,11 @@ def test_tiny_end_to_end_run(
     assert run["metrics.val_loss"] == pytest.approx(result.val_loss)
     history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "loss")
     assert [m.step for m in history] == list(range(1, 7))
+    (data_input,) = mlflow.get_run(run["run_id"]).inputs.dataset_inputs
+    assert data_input.dataset.digest == "md5x" and data_input.dataset.name.startswith("data/in2")
+    saved = sorted(p for p in outputs.model_dir.rglob("*") if p.is_file())
+    assert run["tags.checkpoint_md5"] == dataset_fingerprint(saved)["md5"]
+    assert run["tags.checkpoint_path"] == str(outputs.model_dir)
 
 
 def test_precision_param_maps_to_accelerate():

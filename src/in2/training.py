@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -43,7 +45,7 @@ from in2.batching import (
     process_micro_batches,
     step_schedule,
 )
-from in2.fingerprint import file_md5
+from in2.fingerprint import dataset_fingerprint, file_md5
 from in2.model import save_model, scale_rope_base
 from in2.outputs import atomic_dir, atomic_file, write_json
 from in2.params import InputError, Params, TrainParams
@@ -331,6 +333,7 @@ def train(
     tags = {"dataset_md5": dataset_md5} if dataset_md5 else {}
     with mlflow_run("train", params=run_params, tags=tags) if main else nullcontext() as mlflow:
         if mlflow:
+            log_training_data(mlflow, train_examples, dataset_md5)
             mlflow.log_params(
                 {
                     "gradient_accumulation": plan.gradient_accumulation,
@@ -368,10 +371,32 @@ def train(
         )
         if mlflow:
             mlflow.log_metrics(_summary_metrics(result))
-    accelerator.wait_for_everyone()
-    if main:
-        write_outputs(unwrapped.lm, tokenizer, result, params, outputs, dataset_md5)
+        accelerator.wait_for_everyone()
+        if main:
+            write_outputs(unwrapped.lm, tokenizer, result, params, outputs, dataset_md5)
+        if mlflow:
+            files = sorted(p for p in outputs.model_dir.rglob("*") if p.is_file())
+            checkpoint_md5 = dataset_fingerprint(files)["md5"]
+            mlflow.set_tags(
+                {"checkpoint_path": str(outputs.model_dir), "checkpoint_md5": checkpoint_md5}
+            )
     return result
+
+
+def log_training_data(mlflow: Any, examples: list[EncodedExample], dataset_md5: str | None) -> None:
+    """The training set as an MLflow dataset input whose digest is its DVC md5 (MLflow's own
+    digest would hash a sample only): one row per example, its id and token count."""
+    frame = pd.DataFrame(
+        {"example_id": [e.example_id for e in examples], "n_tokens": [e.n_tokens for e in examples]}
+    )
+    with warnings.catch_warnings():
+        # MLflow warns that a local path matches two equivalent source classes and that integer
+        # columns cannot hold missing values; neither matters for a record of the input.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            frame, source="data/in2", name="data/in2/train.parquet", digest=dataset_md5
+        )
+    mlflow.log_input(dataset, context="training")
 
 
 def _summary_metrics(result: TrainResult) -> dict[str, float]:
