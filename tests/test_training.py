@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from in2 import training
 from in2.batching import (
     IGNORE_INDEX,
     ExampleEncoder,
@@ -353,3 +355,79 @@ def test_rope_base_override_rebuilds_the_rotary_embedding(tiny_model_dir: Path) 
     lm.config.rope_parameters = {}
     with pytest.raises(InputError, match=r"set train\.rope_theta_factor to 1\.0 for this model"):
         scale_rope_base(lm, 10.0)
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL: raised inside the step loop, so nothing after it runs."""
+
+
+def test_a_killed_run_resumes_with_the_same_loss_curve(
+    tiny_model_dir: Path, tokenizer, encoder: ExampleEncoder, tmp_path: Path, monkeypatch
+) -> None:
+    """Killed after step 5 (last checkpoint: step 4), resumed: the same curve as one run."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    contexts = [[2], [2, 6, 0], [6, 1], [1, 3, 5], [0], [4, 2]]
+    frame = pd.DataFrame(
+        {
+            "example_id": [f"ex{i}" for i in range(6)],
+            "context_segments": contexts,
+            "question": ["Which words?"] * 6,
+            "answer": ["these words here"] * 6,
+            "n_tokens": [len(c) * SEG_LEN for c in contexts],
+        }
+    )
+    examples = encoder.encode_frame(frame)
+    train_params = {"micro_batch_size": 1, "global_batch_size": 2, "epochs": 2}
+    train_params |= {"checkpoint_every": 2, "learning_rate": 3e-3, "max_seq_len": 1024}
+    params = parse_params({"model": {"source": "random_init"}, "train": train_params})
+
+    def run(out: str):
+        o = TrainOutputs(tmp_path / out / "m", tmp_path / out / "t.json", tmp_path / out / "l.csv")
+        o = replace(o, checkpoints=tmp_path / out / "checkpoints")
+        return train(load_model(tiny_model_dir), tokenizer, encoder, examples, [], params, o, "d")
+
+    whole = run("whole")
+
+    step_log = training.StepLog
+
+    def killed_after_step_5(step: int, *args: float) -> training.StepLog:
+        if step == 6:
+            raise Killed
+        return step_log(step, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "StepLog", killed_after_step_5)
+        with pytest.raises(Killed):
+            run("resumed")
+    (saved,) = (tmp_path / "resumed/checkpoints").iterdir()
+    assert sorted(p.name for p in saved.glob("step-*")) == ["step-000002", "step-000004"]
+    resumed = run("resumed")
+    assert [h.step for h in resumed.history] == list(range(1, 7))
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-5) and a.lr == pytest.approx(b.lr)
+    for (name, x), y in zip(
+        load_model(tmp_path / "whole/m").state_dict().items(),
+        load_model(tmp_path / "resumed/m").state_dict().values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_checkpoint_that_does_not_match_its_hashes_is_refused(tmp_path: Path) -> None:
+    from in2.checkpoints import MANIFEST, verify
+
+    ckpt = tmp_path / "step-000004"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    from in2.fingerprint import file_md5
+
+    (ckpt / MANIFEST).write_text(
+        json.dumps({"model.safetensors": file_md5(ckpt / "model.safetensors")})
+    )
+    verify(ckpt)
+    (ckpt / "model.safetensors").write_bytes(b"weights, changed")
+    with pytest.raises(InputError, match=r"model\.safetensors does not match its recorded md5"):
+        verify(ckpt)
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(InputError, match=r"model\.safetensors is missing; delete .*step-000004"):
+        verify(ckpt)

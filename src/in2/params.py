@@ -325,6 +325,9 @@ class TrainParams(_Section):
     micro-batch pads little; the examples of a step and the step order stay as drawn."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes that gather and pad micro-batches ahead of the model."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Save a resumable checkpoint every N optimizer steps (0: only after the last step); a
+    killed run resumes from the newest one (see in2.checkpoints)."""
     seed: int = 0
     """Data order and initialisation seed."""
 

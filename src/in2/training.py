@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from in2.batching import (
     process_micro_batches,
     step_schedule,
 )
+from in2.checkpoints import Checkpoints
 from in2.fingerprint import dataset_fingerprint, file_md5
 from in2.model import save_model, scale_rope_base
 from in2.outputs import atomic_dir, atomic_file, write_json
@@ -128,6 +129,8 @@ class TrainOutputs:
     model_dir: Path = Path("models/in2")
     metrics: Path = Path("metrics/train.json")
     loss_csv: Path = Path("metrics/train_loss.csv")
+    checkpoints: Path = Path("checkpoints")
+    """Resumable checkpoints (a DVC output with `persist: true`; see in2.checkpoints)."""
 
 
 @dataclass(frozen=True)
@@ -216,12 +219,17 @@ def _run_steps(
     pad_id: int,
     tp: TrainParams,
     mlflow: Any,
+    history: list[StepLog],
+    checkpoint: Callable[[int, list[StepLog]], None],
 ) -> tuple[list[StepLog], int]:
-    """The optimizer steps; returns the step log and the real tokens processed (all processes)."""
+    """The optimizer steps after those in `history` (a resumed run has some); returns the full
+    step log and the real tokens processed by this call (all processes). `checkpoint(step,
+    history)` runs every `train.checkpoint_every` steps and after the last one."""
     answer_len = np.array([len(e.answer) for e in examples])
     lengths = np.array([e.n_tokens for e in examples]) if tp.group_by_length else None
     rank = accelerator.process_index
-    per_step = [process_micro_batches(s, plan, rank, lengths) for s in schedule]
+    first = len(history)  # the schedule is a function of the seed: step k is the same step
+    per_step = [process_micro_batches(s, plan, rank, lengths) for s in schedule[first:]]
     batches = iter(
         DataLoader(
             MicroBatches(encoder, examples, [m for step in per_step for m in step], pad_id),
@@ -229,10 +237,10 @@ def _run_steps(
             num_workers=tp.num_workers,
         )
     )
-    history: list[StepLog] = []
+    history = list(history)
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    bar = tqdm(schedule, desc="train", unit="step", disable=not accelerator.is_main_process)
-    for step, indices in enumerate(bar, start=1):
+    bar = tqdm(schedule[first:], desc="train", unit="step", disable=not accelerator.is_main_process)
+    for step, indices in enumerate(bar, start=first + 1):
         started = time.perf_counter()
         # Normalise by the answer tokens of the whole global batch (every rank knows them), so the
         # gradient is the per-token mean however the answers fall into micro-batches and ranks;
@@ -242,7 +250,7 @@ def _run_steps(
         loss_sum = torch.zeros((), device=accelerator.device)
         # real and padded tokens of this step on this process, summed over processes below
         counts = torch.zeros(2, dtype=torch.long, device=accelerator.device)
-        micro = per_step[step - 1]
+        micro = per_step[step - 1 - first]
         for i in range(len(micro)):
             batch = next(batches)
             # Gradients are all-reduced on the last micro-batch of a step only.
@@ -284,6 +292,8 @@ def _run_steps(
                 },
                 step=step,
             )
+        if step == len(schedule) or (tp.checkpoint_every and step % tp.checkpoint_every == 0):
+            checkpoint(step, history)
     return history, int(accelerator.reduce(tokens, "sum").item())
 
 
@@ -326,7 +336,24 @@ def train(
         optimizer, math.ceil(tp.warmup_ratio * plan.optimizer_steps), plan.optimizer_steps
     )
     loss_fn, optimizer = accelerator.prepare(AnswerOnlyLoss(lm), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     pad_id = tokenizer.pad_token_id
+    store = Checkpoints.for_run(
+        outputs.checkpoints,
+        {
+            "train": tp.model_dump(exclude={"num_workers", "checkpoint_every"}),
+            "model": params.model.model_dump(),
+            "data": dataset_md5,
+        },
+    )
+    history: list[StepLog] = []
+    if resume_from := store.latest():
+        step, logged = store.load(accelerator, resume_from)
+        history = [StepLog(**entry) for entry in logged]
+        log.info("resuming from %s (step %d of %d)", resume_from, step, plan.optimizer_steps)
+
+    def checkpoint(step: int, so_far: list[StepLog]) -> None:
+        store.save(accelerator, tokenizer, step, [asdict(h) for h in so_far])
 
     main = accelerator.is_main_process
     run_params = {"train": tp.model_dump(), "model": params.model.model_dump()}
@@ -354,6 +381,8 @@ def train(
             pad_id,
             tp,
             mlflow,
+            history,
+            checkpoint,
         )
         wall = time.perf_counter() - start
         unwrapped = accelerator.unwrap_model(loss_fn)
@@ -396,7 +425,7 @@ def log_training_data(mlflow: Any, examples: list[EncodedExample], dataset_md5: 
         dataset = mlflow.data.from_pandas(
             frame, source="data/in2", name="data/in2/train.parquet", digest=dataset_md5
         )
-    mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training")
 
 
 def _summary_metrics(result: TrainResult) -> dict[str, float]:
