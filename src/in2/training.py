@@ -223,8 +223,9 @@ def _run_steps(
     checkpoint: Callable[[int, list[StepLog]], None],
 ) -> tuple[list[StepLog], int]:
     """The optimizer steps after those in `history` (a resumed run has some); returns the full
-    step log and the real tokens processed by this call (all processes). `checkpoint(step,
-    history)` runs every `train.checkpoint_every` steps and after the last one."""
+    step log and the real tokens processed by this call (all processes). With
+    `train.checkpoint_every` > 0, `checkpoint(step, history)` runs every that many steps and after
+    the last one."""
     answer_len = np.array([len(e.answer) for e in examples])
     lengths = np.array([e.n_tokens for e in examples]) if tp.group_by_length else None
     rank = accelerator.process_index
@@ -292,7 +293,7 @@ def _run_steps(
                 },
                 step=step,
             )
-        if step == len(schedule) or (tp.checkpoint_every and step % tp.checkpoint_every == 0):
+        if tp.checkpoint_every and (step % tp.checkpoint_every == 0 or step == len(schedule)):
             checkpoint(step, history)
     return history, int(accelerator.reduce(tokens, "sum").item())
 
