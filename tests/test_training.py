@@ -239,7 +239,9 @@ def test_tiny_end_to_end_run(
             },
         }
     )
-    outputs = TrainOutputs(tmp_path / "models/in2", tmp_path / "train.json", tmp_path / "loss.csv")
+    outputs = TrainOutputs(
+        tmp_path / "models/in2", tmp_path / "train.json", tmp_path / "loss.csv", tmp_path / "ck"
+    )
     lm = load_model(tiny_model_dir)
     embeddings = lm.get_input_embeddings().weight.detach().clone()
 
@@ -328,7 +330,9 @@ def test_workers_and_grouping_do_not_change_what_is_learned(
         train_params = {"micro_batch_size": 2, "global_batch_size": 4, "epochs": 2}
         train_params |= {"num_workers": workers, "group_by_length": grouped, "max_seq_len": 1024}
         params = parse_params({"model": {"source": "random_init"}, "train": train_params})
-        outputs = TrainOutputs(tmp_path / out, tmp_path / f"{out}.json", tmp_path / f"{out}.csv")
+        outputs = TrainOutputs(
+            tmp_path / out, tmp_path / f"{out}.json", tmp_path / f"{out}.csv", tmp_path / "ck"
+        )
         lm = load_model(tiny_model_dir)
         return train(lm, tokenizer, encoder, examples, [], params, outputs)
 

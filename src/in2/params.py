@@ -328,7 +328,7 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(0, ge=0)
     """Save a resumable checkpoint every N optimizer steps and after the last one; a killed run
     resumes from the newest (see in2.checkpoints). 0: none (a checkpoint of a 7B model with its
-    optimizer state is ~87 GB; of SmolLM2-135M ~1.6 GB)."""
+    optimizer state is ~87 GB; of SmolLM2-135M ~1.6 GB), and none is read either."""
     seed: int = 0
     """Data order and initialisation seed."""
 

@@ -347,8 +347,9 @@ def train(
             "data": dataset_md5,
         },
     )
+    outputs.checkpoints.mkdir(parents=True, exist_ok=True)  # a DVC output, even when unused
     history: list[StepLog] = []
-    if resume_from := store.latest():
+    if tp.checkpoint_every and (resume_from := store.latest()):
         step, logged = store.load(accelerator, resume_from)
         history = [StepLog(**entry) for entry in logged]
         log.info("resuming from %s (step %d of %d)", resume_from, step, plan.optimizer_steps)
