@@ -31,10 +31,10 @@ import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
+from conftest import write_random_segments
 
 from in2.fingerprint import dataset_fingerprint
 from in2.params import deep_merge, parse_params
-from in2.segments import INDEX_FILE, TOKENS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs/accelerate"
@@ -133,20 +133,8 @@ def _write_inputs(root: Path, tiny_model_dir: Path) -> None:
     """The train stage's inputs: models/base, data/segments, data/in2 and a passed gate."""
     shutil.copytree(tiny_model_dir, root / "models/base")
 
-    segments = root / "data/segments"
-    segments.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    tokens = rng.integers(100, 20_000, SEG_LEN * N_SEGMENTS, dtype=np.uint32)
-    np.save(segments / TOKENS_FILE, tokens)
-    pd.DataFrame(
-        {
-            "seg_id": np.arange(N_SEGMENTS, dtype=np.int64),
-            "doc_id": [f"d{i // 2}" for i in range(N_SEGMENTS)],
-            "start": np.arange(N_SEGMENTS, dtype=np.int64) * SEG_LEN,
-            "n_tokens": np.full(N_SEGMENTS, SEG_LEN, dtype=np.int32),
-            "index_in_doc": np.arange(N_SEGMENTS, dtype=np.int32) % 2,
-        }
-    ).to_parquet(segments / INDEX_FILE, index=False)
+    write_random_segments(root / "data/segments", N_SEGMENTS, SEG_LEN, rng)
 
     def examples(prefix: str, n: int) -> pd.DataFrame:
         contexts = [

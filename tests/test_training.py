@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_random_segments
 
 from in2 import training
 from in2.batching import (
@@ -24,7 +25,7 @@ from in2.fingerprint import dataset_fingerprint
 from in2.model import load_model, load_tokenizer
 from in2.params import InputError, parse_params
 from in2.prompting import PromptEncoder
-from in2.segments import INDEX_FILE, TOKENS_FILE, SegmentStore
+from in2.segments import SegmentStore
 from in2.training import AnswerOnlyLoss, TrainOutputs, require_passed_gate, train
 
 SEG_LEN = 16
@@ -40,17 +41,7 @@ def tokenizer(tiny_model_dir: Path):
 def segments(tmp_path_factory: pytest.TempPathFactory) -> SegmentStore:
     """A small data/segments/ folder: random token ids, fixed-length segments."""
     folder = tmp_path_factory.mktemp("segments")
-    rng = np.random.default_rng(0)
-    np.save(folder / TOKENS_FILE, rng.integers(100, 20_000, SEG_LEN * N_SEGMENTS, dtype=np.uint32))
-    pd.DataFrame(
-        {
-            "seg_id": np.arange(N_SEGMENTS, dtype=np.int64),
-            "doc_id": [f"d{i // 2}" for i in range(N_SEGMENTS)],
-            "start": np.arange(N_SEGMENTS, dtype=np.int64) * SEG_LEN,
-            "n_tokens": np.full(N_SEGMENTS, SEG_LEN, dtype=np.int32),
-            "index_in_doc": np.arange(N_SEGMENTS, dtype=np.int32) % 2,
-        }
-    ).to_parquet(folder / INDEX_FILE, index=False)
+    write_random_segments(folder, N_SEGMENTS, SEG_LEN, np.random.default_rng(0))
     return SegmentStore.open(folder)
 
 
