@@ -366,8 +366,8 @@ def example_table(
                 data["question"], data["answer"], data["context_segments"], strict=True
             )
         ]
-    table["n_docs_in_other_split"] = _docs_in_other_split(data, None)
     if segments is None:
+        table["n_docs_in_other_split"] = _docs_in_other_split(data, None)
         return table
 
     index = segments.set_index("seg_id")
