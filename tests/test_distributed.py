@@ -11,6 +11,9 @@
   exactly one MLflow run results, and that only the main process wrote models/in2.
 - `test_two_processes_train_like_one` (+~18 s): the same stage under plain `python` gives the
   same per-step losses, gradient norms and validation loss as the two-process run.
+- `test_fsdp_settings_the_loop_cannot_use_are_refused` (fast): the FSDP settings the loop needs.
+
+The FSDP path itself needs a GPU: tests/test_gpu.py.
 """
 
 from __future__ import annotations
@@ -129,8 +132,9 @@ def _smoke_params() -> dict:
     return merged
 
 
-def _write_inputs(root: Path, tiny_model_dir: Path) -> None:
-    """The train stage's inputs: models/base, data/segments, data/in2 and a passed gate."""
+def _write_inputs(root: Path, tiny_model_dir: Path, train_params: dict | None = None) -> None:
+    """The train stage's inputs: models/base, data/segments, data/in2 and a passed gate;
+    `train_params` override the smoke profile's train section."""
     shutil.copytree(tiny_model_dir, root / "models/base")
 
     rng = np.random.default_rng(0)
@@ -164,27 +168,45 @@ def _write_inputs(root: Path, tiny_model_dir: Path) -> None:
         os.chdir(cwd)
     (root / "reports/data_quality").mkdir(parents=True)
     (root / "reports/data_quality/summary.json").write_text(json.dumps(summary))
-    (root / "params.yaml").write_text(yaml.safe_dump(_smoke_params(), sort_keys=False))
+    params = _smoke_params()
+    params["train"].update(train_params or {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def _train(
-    name: str, launcher: list[str], tiny_model_dir: Path, factory: pytest.TempPathFactory
+    name: str,
+    launcher: list[str],
+    tiny_model_dir: Path,
+    factory: pytest.TempPathFactory,
+    train_params: dict | None = None,
+    gpu: bool = False,
 ) -> tuple[Path, subprocess.CompletedProcess]:
-    """Run the train stage with `launcher` in a fresh folder; its own MLflow store."""
+    """Run the train stage with `launcher` in a fresh folder; its own MLflow store. CPU
+    processes even where a GPU exists, unless `gpu`."""
     root = factory.mktemp(name)
-    _write_inputs(root, tiny_model_dir)
+    _write_inputs(root, tiny_model_dir, train_params)
+    return root, _run_stage(root, launcher, gpu)
+
+
+def _run_stage(root: Path, launcher: list[str], gpu: bool = False) -> subprocess.CompletedProcess:
+    """The train stage in `root` (inputs written by `_write_inputs`) under `launcher`."""
+    cmd, env = _stage_command(root, launcher, gpu)
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _stage_command(root: Path, launcher: list[str], gpu: bool) -> tuple[list[str], dict]:
+    """The command line and environment of the train stage in `root`."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        "CUDA_VISIBLE_DEVICES": "",  # CPU processes even where a GPU exists
     }
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME"):
         env.pop(var, None)
-    cmd = [*launcher, str(REPO / "stages/train.py"), "--params", "params.yaml"]
-    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    return root, out
+    return [*launcher, str(REPO / "stages/train.py"), "--params", "params.yaml"], env
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +302,34 @@ def test_two_processes_train_like_one(two_process_run, one_process_run) -> None:
     norms = [[h["grad_norm"] for h in s["log_history"]] for s in states]
     assert norms[0] == pytest.approx(norms[1], rel=1e-3)
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"use_orig_params": False}, "set `fsdp_use_orig_params: true` in the accelerate config"),
+        ({"fsdp_version": 2}, "FSDP version 2 is not supported by the train stage yet"),
+    ],
+)
+def test_fsdp_settings_the_loop_cannot_use_are_refused(settings: dict, message: str) -> None:
+    """A real FSDP plugin; the accelerator around it is a stand-in, because accelerate builds
+    no FSDP state without a GPU."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from in2.params import InputError
+    from in2.training import _check_fsdp
+
+    plugin = FullyShardedDataParallelPlugin(sync_module_states=False, **settings)
+    accelerator = SimpleNamespace(
+        distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin)
+    )
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        _check_fsdp(accelerator)
+    plugin.use_orig_params, plugin.fsdp_version = True, 1
+    _check_fsdp(accelerator)  # the configs' settings pass
+
+
+def _state(root: Path) -> dict:
+    return json.loads((root / "models/in2/trainer_state.json").read_text())

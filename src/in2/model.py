@@ -97,9 +97,18 @@ def build_base_model(
     return model, tokenizer
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """Save weights as safetensors plus the tokenizer, as one self-contained folder."""
-    model.save_pretrained(out, safe_serialization=True)
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Save weights as safetensors plus the tokenizer, as one self-contained folder.
+
+    `state_dict` replaces the model's own weights: under FSDP the module holds only this rank's
+    shard, and the full weights are what `Accelerator.get_state_dict` gathered to the main rank.
+    """
+    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
 

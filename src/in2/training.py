@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -164,6 +164,42 @@ def _optimizer(lm: PreTrainedModel, params: Params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=params.train.learning_rate)
 
 
+def _on_cpu() -> bool:
+    """No accelerator: accelerate must be told (cpu=True) to run a `torchrun` CPU job on gloo."""
+    return not torch.accelerator.is_available()
+
+
+def init_distributed() -> PartialState:
+    """Join the process group (if launched as one) before the model is loaded.
+
+    Under FSDP with `fsdp_cpu_ram_efficient_loading`, transformers loads the real weights on
+    rank 0 only, and only when the process group is already up; the other ranks build the model
+    on the meta device and receive the weights when `prepare` syncs the module states. Without
+    this, every rank holds a full fp32 copy of the model in host memory (~28 GB for 7B).
+    """
+    return PartialState(cpu=_on_cpu())
+
+
+def _check_fsdp(accelerator: Accelerator) -> None:
+    """The loop's FSDP assumptions, checked before anything is sharded."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version == 1 and not plugin.use_orig_params:
+        # The AdamW groups are built on the original parameters (weight decay by shape) and the
+        # embeddings may be frozen next to trainable weights: both need FSDP's original params.
+        raise InputError(
+            "FSDP: set `fsdp_use_orig_params: true` in the accelerate config "
+            "(configs/accelerate/fsdp_8gpu.yaml does); the optimizer is built on the "
+            "original parameters and frozen embeddings sit beside trainable weights"
+        )
+    if plugin.fsdp_version != 1:
+        raise InputError(
+            f"FSDP version {plugin.fsdp_version} is not supported by the train stage yet; "
+            "set `fsdp_version: 1` in the accelerate config (see docs/scale-out.md)"
+        )
+
+
 def _mixed_precision(precision: str) -> str:
     """accelerate's mixed_precision for `train.precision`.
 
@@ -179,29 +215,39 @@ def _mixed_precision(precision: str) -> str:
 
 @torch.no_grad()
 def evaluate(
-    loss_fn: AnswerOnlyLoss,
+    loss_fn: nn.Module,
     encoder: ExampleEncoder,
     examples: list[EncodedExample],
     micro_batch_size: int,
     pad_id: int,
     accelerator: Accelerator,
 ) -> float | None:
-    """Mean cross-entropy per answer token over `examples` (each process takes every n-th one)."""
+    """Mean cross-entropy per answer token over `examples` (each process takes every n-th one).
+
+    `loss_fn` is the prepared (wrapped) `AnswerOnlyLoss`: under FSDP only the wrapper gathers the
+    sharded weights. Its forwards are collectives (FSDP all-gathers, DDP buffer broadcasts), so
+    every process runs the same number of micro-batches; a process whose share has run out
+    repeats the first example and counts it with weight 0.
+    """
     if not examples:
         return None
     was_training = loss_fn.training
     loss_fn.eval()
     mine = examples[accelerator.process_index :: accelerator.num_processes]
+    largest_share = math.ceil(len(examples) / accelerator.num_processes)
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for i in range(0, len(mine), micro_batch_size):
-        batch = collate([encoder.ids(e) for e in mine[i : i + micro_batch_size]], pad_id)
+    for i in range(0, largest_share, micro_batch_size):
+        chunk = mine[i : i + micro_batch_size]
+        weight = 1.0 if chunk else 0.0
+        batch = collate([encoder.ids(e) for e in chunk or examples[:1]], pad_id)
         with accelerator.autocast():
             loss = loss_fn(
                 batch.input_ids.to(accelerator.device),
                 batch.attention_mask.to(accelerator.device),
                 batch.labels.to(accelerator.device),
             )
-        total += torch.stack([loss.double(), (batch.labels != IGNORE_INDEX).sum().double()])
+        n_answer = (batch.labels != IGNORE_INDEX).sum()
+        total += weight * torch.stack([loss.double(), n_answer.double().to(total.device)])
     loss_fn.train(was_training)
     loss_sum, n = accelerator.reduce(total, "sum").tolist()
     return loss_sum / n
@@ -311,10 +357,16 @@ def train(
     """Train `lm` in place, evaluate, record an MLflow run and write the checkpoint and metrics."""
     tp = params.train
     set_seed(tp.seed)
-    # cpu=True without an accelerator: it is what lets accelerate see a `torchrun` CPU job (gloo).
     accelerator = Accelerator(
-        cpu=not torch.accelerator.is_available(),
-        mixed_precision=_mixed_precision(params.train.precision),
+        cpu=_on_cpu(), mixed_precision=_mixed_precision(params.train.precision)
+    )
+    _check_fsdp(accelerator)
+    log.info(
+        "accelerate: %s on %s, %d process(es), mixed precision %s",
+        accelerator.distributed_type.value,
+        accelerator.device,
+        accelerator.num_processes,
+        accelerator.mixed_precision,
     )
     plan = plan_batches(
         tp.micro_batch_size,
@@ -330,6 +382,14 @@ def train(
     if tp.gradient_checkpointing:
         lm.activation_checkpointing_enable()
     lm.train()
+    # Names under which a tensor appears a second time (tied weights: SmolLM2's lm_head is its
+    # embedding). FSDP's gathered state dict holds them as separate copies; saving both would
+    # break the tie in models/in2, so they are dropped there as save_pretrained does untouched.
+    tied = {n for n, _ in lm.named_parameters(remove_duplicate=False)} - {
+        n for n, _ in lm.named_parameters()
+    }
+    # Built before `prepare`, on the original parameters (FSDP1 with use_orig_params keeps these
+    # very tensors, as views into its shards): weight decay is grouped by their unsharded shapes.
     optimizer = _optimizer(lm, params)
     # Not passed to accelerator.prepare: an AcceleratedScheduler steps once per process per
     # optimizer step, while this schedule already counts optimizer steps of the global batch.
@@ -387,9 +447,8 @@ def train(
             checkpoint,
         )
         wall = time.perf_counter() - start
-        unwrapped = accelerator.unwrap_model(loss_fn)
         val_loss = evaluate(
-            unwrapped, encoder, val_examples, tp.micro_batch_size, pad_id, accelerator
+            loss_fn, encoder, val_examples, tp.micro_batch_size, pad_id, accelerator
         )
         result = TrainResult(plan, history, val_loss, n_tokens, wall)
         log.info(
@@ -402,9 +461,16 @@ def train(
         )
         if mlflow:
             mlflow.log_metrics(_summary_metrics(result))
-        accelerator.wait_for_everyone()
+        # A collective under FSDP (the shards are gathered to the main process): every rank calls.
+        state = accelerator.get_state_dict(loss_fn)
         if main:
-            write_outputs(unwrapped.lm, tokenizer, result, params, outputs, dataset_md5)
+            weights = {
+                name: tensor
+                for key, tensor in state.items()
+                if (name := key.removeprefix("lm.")) not in tied
+            }
+            write_outputs(lm, weights, tokenizer, result, params, outputs, dataset_md5)
+        accelerator.wait_for_everyone()
         if mlflow:
             files = sorted(p for p in outputs.model_dir.rglob("*") if p.is_file())
             checkpoint_md5 = dataset_fingerprint(files)["md5"]
@@ -462,15 +528,17 @@ def trainer_state(result: TrainResult, params: Params, dataset_md5: str | None) 
 
 def write_outputs(
     lm: PreTrainedModel,
+    weights: dict[str, torch.Tensor],
     tokenizer: PreTrainedTokenizerBase,
     result: TrainResult,
     params: Params,
     outputs: TrainOutputs,
     dataset_md5: str | None,
 ) -> None:
-    """Checkpoint folder, metrics JSON and the loss curve CSV, each written atomically."""
+    """Checkpoint folder (`lm`'s config with `weights`), metrics JSON and the loss curve CSV,
+    each written atomically."""
     with atomic_dir(outputs.model_dir) as out:
-        save_model(lm, tokenizer, out)
+        save_model(lm, tokenizer, out, state_dict=weights)
         write_json(out / "trainer_state.json", trainer_state(result, params, dataset_md5))
     metrics = {
         "final_train_loss": result.final_loss,
