@@ -12,6 +12,8 @@
 - `test_two_processes_train_like_one` (+~18 s): the same stage under plain `python` gives the
   same per-step losses, gradient norms and validation loss as the two-process run.
 - `test_fsdp_settings_the_loop_cannot_use_are_refused` (fast): the FSDP settings the loop needs.
+- `test_a_stage_killed_mid_run_resumes_with_the_same_loss_curve` (~30 s): SIGKILL after the
+  first checkpoint, then the same command again: the uninterrupted run's curve.
 
 The FSDP path itself needs a GPU: tests/test_gpu.py.
 """
@@ -22,9 +24,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -329,6 +333,49 @@ def test_fsdp_settings_the_loop_cannot_use_are_refused(settings: dict, message: 
         _check_fsdp(accelerator)
     plugin.use_orig_params, plugin.fsdp_version = True, 1
     _check_fsdp(accelerator)  # the configs' settings pass
+
+
+def test_a_stage_killed_mid_run_resumes_with_the_same_loss_curve(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`kill -9` of `python stages/train.py` right after its first checkpoint (step 2 of 20);
+    the same command again resumes there and ends with the uninterrupted run's curve."""
+    settings = {"epochs": 10, "checkpoint_every": 2}  # 8 examples / global batch 4 -> 20 steps
+    whole_root, whole = _train(
+        "whole", [sys.executable], tiny_model_dir, tmp_path_factory, settings
+    )
+    assert whole.returncode == 0, (whole.stdout + whole.stderr)[-6000:]
+
+    root = tmp_path_factory.mktemp("killed")
+    _write_inputs(root, tiny_model_dir, settings)
+    cmd, env = _stage_command(root, [sys.executable], gpu=False)
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 240
+    while not list(root.glob("checkpoints/*/step-000002/manifest.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-6000:]
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.005)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    proc.stderr.close()
+    assert not (root / "models/in2").exists()  # nothing published by the killed run
+
+    resumed = _run_stage(root, [sys.executable])
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-6000:]
+    assert "resuming from" in log and "of 20)" in log, log[-6000:]
+    step = int(log.split("resuming from")[1].split("(step ")[1].split(" ")[0])
+    assert 2 <= step < 20  # killed mid-way: at least one later checkpoint may have landed
+    curves = [
+        [(h["step"], h["loss"], h["grad_norm"]) for h in _state(r)["log_history"]]
+        for r in (whole_root, root)
+    ]
+    assert [s for s, _, _ in curves[1]] == list(range(1, 21))
+    for got, want in zip(curves[1], curves[0], strict=True):
+        assert got == pytest.approx(want, rel=1e-5)
+    assert _state(root)["val_loss"] == pytest.approx(_state(whole_root)["val_loss"], rel=1e-5)
 
 
 def _state(root: Path) -> dict:
