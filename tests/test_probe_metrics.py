@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 
 from in2.probe_metrics import (
+    SCORERS,
+    STRICT,
+    label_match,
     name_match,
     overall,
     position_curve,
     relaxed_match,
     score,
     word_recall,
+    word_recall_beyond_keyword,
 )
 
 
@@ -49,6 +53,34 @@ def test_relaxed_match_label_or_description() -> None:
     assert relaxed_match("Lightning", "Weather phenomenon.", "a weather phenomenon!") == 1.0
     assert relaxed_match("Lightning", "Weather phenomenon", "thunder") == 0.0
     assert relaxed_match("Lightning", "Weather phenomenon", "") == 0.0
+
+
+def test_strict_document_recall_ignores_the_echoed_keyword() -> None:
+    gold = "The river Thames flows through London to reach North Sea"  # 10 distinct words
+    keyword = "flows through London to reach"
+    echo = "Answer: flows through London to reach"
+    # paper rule: flows, through, london, to, reach = 5 of 10 words for an echo
+    assert word_recall(gold, echo) == 0.5
+    # strict: only {the, river, thames, north, sea} count (the keyword's words are given)
+    assert word_recall_beyond_keyword(gold, keyword, echo) == 0.0
+    assert word_recall_beyond_keyword(gold, keyword, "the Thames ... North Sea") == 0.8
+    # no word outside the keyword: plain recall
+    assert word_recall_beyond_keyword("a b", "b a", "a") == 0.5
+
+
+def test_strict_database_match_needs_the_label() -> None:
+    wrong_record = "Q99: scientific article"
+    assert relaxed_match("Quantum dots", "scientific article", wrong_record) == 1.0
+    assert label_match("Quantum dots", wrong_record) == 0.0
+    assert label_match("Quantum dots.", "label: QUANTUM DOTS") == 1.0
+
+
+def test_every_metric_has_a_registered_strict_variant() -> None:
+    assert set(STRICT) == {"word_recall", "name_match", "relaxed_match"}
+    assert set(STRICT.values()) <= set(SCORERS)
+    gold = {"completion": "a b c", "keyword": "a", "label": "L", "description": "d"}
+    assert score(STRICT["word_recall"], gold, "a b") == 0.5
+    assert score(STRICT["relaxed_match"], gold, "d") == 0.0
 
 
 def test_score_dispatches_by_metric_name() -> None:
