@@ -2,6 +2,8 @@
 
 in2 profile NAME     merge configs/profiles/NAME.yaml into params.yaml (validated first)
 in2 show EXAMPLE_ID  decode one IN2 example: its context with the gold segments marked
+in2 score-official   score a prediction file of the paper's released probes (VaLProbing-32K)
+                     with our metrics; writes a scores.json like the probe stage's
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from in2.outputs import atomic_file
+from in2.outputs import atomic_file, write_json
 from in2.params import InputError, deep_merge, parse_params
 
 PROFILES = Path("configs/profiles")
@@ -92,6 +94,26 @@ def show_example(example_id: str, data_dir: Path = Path("data")) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def score_official_cmd(args: argparse.Namespace) -> str:
+    """Score one task's released predictions, write `args.out`; returns a one-line summary."""
+    from in2.official_probes import score_official
+    from in2.probe_metrics import summary
+
+    curve = score_official(args.task, args.probes, args.predictions, args.skip, args.bin_size)
+    write_json(args.out, summary({args.task: curve}))
+    return (
+        f"{args.out}: {args.task} Avg {curve.avg:.4f}, Gap {curve.gap:.4f} "
+        f"over {curve.n_queries} queries in bins of {curve.bin_size}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="in2", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,13 +122,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     s = sub.add_parser("show", help="decode one IN2 example")
     s.add_argument("example_id")
+    o = sub.add_parser(
+        "score-official",
+        help="score a prediction file of the paper's VaLProbing-32K release with our metrics",
+    )
+    o.add_argument("--task", required=True, choices=["document", "code", "database"])
+    o.add_argument("--probes", type=Path, required=True, help="e.g. document_bi_32k.jsonl")
+    o.add_argument("--predictions", type=Path, required=True, help="sample_<task file>.jsonl")
+    o.add_argument("--skip", type=Path, help="the task's <stem>_skip_list.json")
+    o.add_argument("--bin-size", type=_positive_int, default=50)
+    o.add_argument("--out", type=Path, required=True, help="scores.json to write")
     args = parser.parse_args(argv)
     try:
         if args.command == "profile":
             changed = apply_profile(args.name, args.params)
             print(f"{args.params}: profile '{args.name}' applied; changed: {', '.join(changed)}")
-        else:
+        elif args.command == "show":
             print(show_example(args.example_id))
+        else:
+            print(score_official_cmd(args))
     except (InputError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -160,3 +160,13 @@ def overall(curves: Mapping[str, PositionCurve]) -> dict[str, float]:
         "avg": float(np.mean([c.avg for c in curves.values()])),
         "gap": float(np.mean([c.gap for c in curves.values()])),
     }
+
+
+def summary(curves: Mapping[str, PositionCurve]) -> dict[str, object]:
+    """`scores.json`: each task's curve, Avg and Gap, plus the paper's "All" column.
+
+    One function for every producer (the probe stage, `in2 score-official`), so their files compare.
+    """
+    out: dict[str, object] = {task: curve.to_dict() for task, curve in curves.items()}
+    out["all"] = overall(curves)
+    return out

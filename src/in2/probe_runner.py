@@ -35,7 +35,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from in2.params import ProbeParams
-from in2.probe_metrics import PositionCurve, overall, position_curve, score
+from in2.probe_metrics import PositionCurve, position_curve, score, summary
 from in2.probes import TASKS, read_probes
 from in2.prompting import PromptEncoder
 
@@ -326,6 +326,4 @@ def probe_model(
 
 def scores_summary(runs: Mapping[str, TaskRun]) -> dict[str, object]:
     """`scores.json`: each task's curve, Avg and Gap, plus the paper's "All" column."""
-    summary: dict[str, object] = {task: run.curve.to_dict() for task, run in runs.items()}
-    summary["all"] = overall({task: run.curve for task, run in runs.items()})
-    return summary
+    return summary({task: run.curve for task, run in runs.items()})
