@@ -1,8 +1,9 @@
 """Stage probe_data: build the VaL probing sets in data/probes/ (see in2.probes).
 
-Reads the held-out documents of the corpus stage and the base model's tokenizer (contexts are
-filled to params probe.context_tokens in that tokenizer's tokens); the code task reads the running
-interpreter's standard library.
+Reads the base model's tokenizer (contexts are filled to each length of params
+probe.context_tokens in that tokenizer's tokens) and the items' raw material: by default the
+held-out documents of the corpus stage and the running interpreter's standard library; with
+params probe.pieces, the paper's pieces in that folder.
 """
 
 from pathlib import Path
@@ -23,8 +24,9 @@ def main(params, args) -> None:
         raise FileNotFoundError(f"{HELDOUT} does not exist; run `dvc repro corpus` first")
     encoder = PromptEncoder.create(load_tokenizer(BASE_DIR), params.probe.prompt_format)
     heldout = pd.read_parquet(HELDOUT, columns=["title", "text", "description"])
+    pieces = Path(params.probe.pieces) if params.probe.pieces else None
     probes = build_probes(
-        ProbeSources(heldout),
+        ProbeSources(heldout, pieces=pieces),
         encoder,
         params.probe.tasks,
         params.probe.context_tokens,

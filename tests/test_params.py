@@ -66,6 +66,14 @@ def test_repo_params_and_profiles_are_valid():
             {"model": {"source": "pretrained"}},
             "model: name_or_path is required when source is 'pretrained'",
         ),
+        (
+            {"probe": {"context_tokens": [1024, 1024]}},
+            "probe.context_tokens: lengths must be distinct (got [1024, 1024])",
+        ),
+        (
+            {"probe": {"context_tokens": [1024, 0]}},
+            "probe.context_tokens.1: Input should be greater than 0",
+        ),
     ],
 )
 def test_bad_params_name_the_key(override, message):
@@ -73,6 +81,12 @@ def test_bad_params_name_the_key(override, message):
         parse_params(override, "params.yaml")
     assert message in str(err.value)
     assert str(err.value).startswith("params.yaml: invalid params")
+
+
+def test_probe_lengths_accept_one_number_or_a_list():
+    assert parse_params({"probe": {"context_tokens": 2048}}).probe.context_tokens == [2048]
+    lengths = parse_params({"probe": {"context_tokens": [8192, 32768]}}).probe.context_tokens
+    assert lengths == [8192, 32768]
 
 
 def test_missing_params_file_says_what_to_do(tmp_path):

@@ -103,7 +103,7 @@ def probes_dir(encoder: PromptEncoder, tmp_path_factory: pytest.TempPathFactory)
     )
     out = tmp_path_factory.mktemp("probes") / "probes"
     sources = ProbeSources(corpus, out.parent)
-    write_probes(build_probes(sources, encoder, list(TASKS_RUN), 90, 2, 0), out)
+    write_probes(build_probes(sources, encoder, list(TASKS_RUN), [90], 2, 0), out)
     return out
 
 
@@ -148,7 +148,10 @@ def test_scores_summary_feeds_the_report(runs: dict[str, TaskRun], tmp_path: Pat
     scores = scores_summary(runs)
     assert set(scores) == {*TASKS_RUN, "all"}
     doc, db = scores["document"], scores["database"]
-    assert set(doc) == {"avg", "gap", "bins", "bins_std", "n_queries", "bin_size"}
+    curve_keys = {"avg", "gap", "bins", "bins_std", "n_queries", "bin_size"}
+    assert set(doc) == curve_keys | {"by_length"}
+    assert list(doc["by_length"]) == ["90"], "one length: its curve is the task's"
+    assert doc["by_length"]["90"] == {k: doc[k] for k in curve_keys}
     assert scores["all"]["avg"] == pytest.approx((doc["avg"] + db["avg"]) / 2)
 
     write_report({"base": scores, "in2": scores}, list(TASKS_RUN), tmp_path)

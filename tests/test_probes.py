@@ -37,8 +37,10 @@ QUERY_COLUMNS = {
     "code": {"completion"},
     "database": {"label", "description"},
 }
-COMMON_QUERY_COLUMNS = {"task", "set_id", "position_id", "context_id", "question", "keyword"}
-CONTEXT_COLUMNS = {"context_id", "set_id", "text", "n_tokens", "n_items"}
+COMMON_QUERY_COLUMNS = {
+    *("task", "context_tokens", "set_id", "position_id", "context_id", "question", "keyword"),
+}
+CONTEXT_COLUMNS = {"context_id", "context_tokens", "set_id", "text", "n_tokens", "n_items"}
 
 
 def tiny_corpus(n_docs: int = 30) -> pd.DataFrame:
@@ -88,6 +90,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> ProbeSources:
 
 
 PARAMS = ProbeParams(context_tokens=200, sets_per_task=2)
+TARGET = PARAMS.context_tokens[0]
 
 
 def build(sources: ProbeSources, encoder: PromptEncoder, seed: int = 0) -> dict:
@@ -138,8 +141,8 @@ def test_contexts_fit_the_token_budget_and_sets_use_different_items(
     for task, sets in build(sources, encoder).items():
         for s in sets:
             n_tokens = s.context["n_tokens"]
-            assert n_tokens == len(encoder.context(s.context["text"])) <= PARAMS.context_tokens
-            assert n_tokens > PARAMS.context_tokens * 0.7, "a context should be nearly full"
+            assert n_tokens == len(encoder.context(s.context["text"])) <= TARGET
+            assert n_tokens > TARGET * 0.7, "a context should be nearly full"
         items = [set(s.context["text"].split(TASKS[task].separator)) for s in sets]
         assert not items[0] & items[1], f"{task}: sets share items although the pool is large"
 
@@ -169,8 +172,10 @@ def test_ambiguous_keywords_are_never_asked(encoder: PromptEncoder) -> None:
 
 
 def test_too_small_budget_is_a_clear_error(sources: ProbeSources, encoder: PromptEncoder) -> None:
-    items = TASKS["document"].load(sources, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="too small"):
+    items = TASKS["document"].loaders["offline"](sources, np.random.default_rng(0))
+    with pytest.raises(
+        ValueError, match=r"a context of 3 tokens \(probe\.context_tokens\) is too small"
+    ):
         build_task(TASKS["document"], items, encoder, 3, 1, np.random.default_rng(0))
 
 

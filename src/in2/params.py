@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -347,10 +348,15 @@ class ProbeParams(_Section):
         default_factory=lambda: list(PROBE_TASKS)
     )
     """VaL probing tasks to build and run."""
-    context_tokens: int = Field(1024, gt=0)
-    """Target context length of every probe set (paper: 32K)."""
+    context_tokens: list[PositiveInt] = Field(default_factory=lambda: [1024], min_length=1)
+    """Target context lengths: `sets_per_task` probe sets per task at each (paper: [32768]).
+    A single number is read as a list of one."""
     sets_per_task: int = Field(2, gt=0)
-    """Independent contexts per task (paper: 4)."""
+    """Independent contexts per task and length (paper: 4)."""
+    pieces: str | None = None
+    """null: items from offline material (held-out documents, the standard library); else a
+    folder of the paper's pieces (document_sentences.jsonl, code_functions.jsonl,
+    database_entities.jsonl) from the public microsoft/FILM repository, VaLProbing/pieces/."""
     bin_size: int = Field(5, gt=0)
     """Positions averaged into one bin of the curve (paper: 50)."""
     max_new_tokens: dict[str, int] = Field(
@@ -361,6 +367,18 @@ class ProbeParams(_Section):
     """Queries decoded together on one shared, prefilled context."""
     prompt_format: Literal["chat", "film"] = "chat"
     """Prompt template, as in train.prompt_format."""
+
+    @field_validator("context_tokens", mode="before")
+    @classmethod
+    def _one_length_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("context_tokens")
+    @classmethod
+    def _distinct_lengths(cls, lengths: list[int]) -> list[int]:
+        if len(set(lengths)) < len(lengths):
+            raise ValueError("lengths must be distinct")
+        return lengths
 
     @model_validator(mode="after")
     def _tokens_for_tasks(self) -> ProbeParams:

@@ -12,7 +12,7 @@ position of every bin out; here a bin holds all of its positions.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -119,15 +119,15 @@ class PositionCurve:
         return asdict(self)
 
 
-def position_curve(scored: Iterable[tuple[int, int, float]], bin_size: int) -> PositionCurve:
-    """Bin (set_id, position_id, score) triples by position, per set, then average over sets.
+def position_curve(scored: Iterable[tuple[Hashable, int, float]], bin_size: int) -> PositionCurve:
+    """Bin (set key, position_id, score) triples by position, per set, then average over sets.
 
     Sets may differ in size: a bin is averaged over the sets that have a query in it, so a last
     partial bin (or a bin only the longer set reaches) still counts, with the sets it has.
     """
     if bin_size <= 0:
         raise ValueError(f"bin_size must be > 0, got {bin_size}")
-    per_set: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    per_set: dict[Hashable, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     n_queries = 0
     for set_id, position_id, value in scored:
         per_set[set_id][position_id // bin_size].append(value)
@@ -162,11 +162,19 @@ def overall(curves: Mapping[str, PositionCurve]) -> dict[str, float]:
     }
 
 
-def summary(curves: Mapping[str, PositionCurve]) -> dict[str, object]:
-    """`scores.json`: each task's curve, Avg and Gap, plus the paper's "All" column.
+def summary(
+    curves: Mapping[str, PositionCurve],
+    by_length: Mapping[str, Mapping[int, PositionCurve]] | None = None,
+) -> dict[str, object]:
+    """`scores.json`: each task's curve, Avg and Gap (and, given `by_length`, those of each
+    context length), plus the paper's "All" column.
 
     One function for every producer (the probe stage, `in2 score-official`), so their files compare.
     """
-    out: dict[str, object] = {task: curve.to_dict() for task, curve in curves.items()}
+    out: dict[str, object] = {}
+    for task, curve in curves.items():
+        out[task] = curve.to_dict()
+        if by_length is not None:
+            out[task]["by_length"] = {str(t): c.to_dict() for t, c in by_length[task].items()}
     out["all"] = overall(curves)
     return out

@@ -241,10 +241,13 @@ def generate_shared(
 
 @dataclass(frozen=True)
 class TaskRun:
-    """Predictions of one task (rows of `<task>.predictions.jsonl`), their curve and wall time."""
+    """Predictions of one task (rows of `<task>.predictions.jsonl`), their curves and wall time."""
 
     predictions: list[dict[str, object]]
     curve: PositionCurve
+    """Over every set of every length (a bin averages the sets that reach it)."""
+    by_length: dict[int, PositionCurve]
+    """Target context length -> the curve of that length's sets."""
     seconds: float
 
 
@@ -278,6 +281,7 @@ def run_task(
                 gold = {out: query[out] for out in spec.answer}
                 predictions.append(
                     {
+                        "context_tokens": query["context_tokens"],
                         "set_id": query["set_id"],
                         "position_id": query["position_id"],
                         "prediction": text,
@@ -285,8 +289,20 @@ def run_task(
                     }
                 )
     curve = position_curve(
-        ((p["set_id"], p["position_id"], p["score"]) for p in predictions), bin_size
+        (((p["context_tokens"], p["set_id"]), p["position_id"], p["score"]) for p in predictions),
+        bin_size,
     )
+    by_length = {
+        tokens: position_curve(
+            (
+                (p["set_id"], p["position_id"], p["score"])
+                for p in predictions
+                if p["context_tokens"] == tokens
+            ),
+            bin_size,
+        )
+        for tokens in sorted({p["context_tokens"] for p in predictions})
+    }
     seconds = time.perf_counter() - started
     log.info(
         "%s: %d queries in %.1f s (%.2f s/query), Avg %.3f, Gap %.3f",
@@ -297,7 +313,7 @@ def run_task(
         curve.avg,
         curve.gap,
     )
-    return TaskRun(predictions, curve, seconds)
+    return TaskRun(predictions, curve, by_length, seconds)
 
 
 def probe_model(
@@ -325,5 +341,9 @@ def probe_model(
 
 
 def scores_summary(runs: Mapping[str, TaskRun]) -> dict[str, object]:
-    """`scores.json`: each task's curve, Avg and Gap, plus the paper's "All" column."""
-    return summary({task: run.curve for task, run in runs.items()})
+    """`scores.json`: each task's curve, Avg and Gap (with those of each context length under
+    `by_length`), plus the paper's "All" column."""
+    return summary(
+        {task: run.curve for task, run in runs.items()},
+        {task: run.by_length for task, run in runs.items()},
+    )

@@ -1,10 +1,12 @@
 """VaL probing data: one long context per set, every item position in it queried once.
 
 A task is one registry entry (lm-evaluation-harness style): how an item reads in the context, the
-question, which item fields are the answer, the metric, and the loader of its items from offline
-material. The builder is task-agnostic: for any tokenizer and target length it packs as many
-sampled items as fit into a context (counted with the same tokenization the runner uses), then
-asks about each position with the first candidate keyword that occurs exactly once in that context
+question, which item fields are the answer, the metric, and one loader of its items per source of
+raw material (`SOURCES`): `offline` (held-out documents and the standard library, the default) or
+`pieces` (the paper's released pieces, a folder given by params `probe.pieces`). The builder is
+task- and source-agnostic: for any tokenizer and each target length it packs as many sampled items
+as fit into a context (counted with the same tokenization the runner uses), then asks about each
+position with the first candidate keyword of its item that occurs exactly once in that context
 (the paper skips ambiguous queries; trying the other candidates first loses fewer positions).
 
 Tasks (paper, arXiv 2404.16811, section 4): document sentence retrieval (bi-directional), code
@@ -15,12 +17,13 @@ the paper's released pieces (`sentence`; `function_name`, `function_define`; `id
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import re
 import sysconfig
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,14 +48,25 @@ MIN_NAME_CHARS = 4
 SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages"})
 
 
+SOURCES = ("offline", "pieces")
+"""Kinds of raw material; every task has one loader per kind (`TaskSpec.loaders`)."""
+
+
 @dataclass(frozen=True)
 class ProbeSources:
-    """Offline raw material the task loaders draw from."""
+    """Raw material the task loaders draw from."""
 
     heldout: pd.DataFrame
     """Held-out documents (columns title, text, description): never seen in training."""
     code_root: Path = field(default_factory=lambda: Path(sysconfig.get_paths()["stdlib"]))
     """Folder of Python files for the code task: the running interpreter's standard library."""
+    pieces: Path | None = None
+    """Folder of the paper's pieces (`PIECES_HELP`); when set, every task loads from it."""
+
+    @property
+    def kind(self) -> str:
+        """Which loader of each task reads these sources (a key of `SOURCES`)."""
+        return "offline" if self.pieces is None else "pieces"
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,8 @@ class TaskSpec:
     """Query answer field -> item field; the query rows carry these gold fields."""
     metric: str
     """Key of in2.probe_metrics.SCORERS."""
-    load: Loader
+    loaders: Mapping[str, Loader]
+    """Source kind (`SOURCES`) -> loader of the task's items from that material."""
 
 
 # --- document: sentences of held-out Wikipedia articles --------------------------------------
@@ -207,6 +222,63 @@ def load_entities(sources: ProbeSources, rng: np.random.Generator) -> list[Item]
     ]
 
 
+# --- the paper's pieces (microsoft/FILM, VaLProbing/pieces/) ------------------------------
+
+PIECES_HELP = (
+    "probe.pieces must be a folder holding the paper's pieces (document_sentences.jsonl, "
+    "code_functions.jsonl, database_entities.jsonl) as released in the public microsoft/FILM "
+    "repository, folder VaLProbing/pieces/: download them from there unchanged"
+)
+
+
+def read_pieces(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of one pieces file; a missing file or a row without a required string field is an
+    error naming the file, the line and the key."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; {PIECES_HELP}")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{path}, line {line_no}: not valid JSON ({e}); {PIECES_HELP}"
+                ) from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {line_no}: not a JSON object; {PIECES_HELP}")
+            for key in required:
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise ValueError(
+                        f"{path}, line {line_no}: no text in required key '{key}' "
+                        f"(each row needs {', '.join(required)}); {PIECES_HELP}"
+                    )
+            rows.append(row)
+    return rows
+
+
+def pieces_loader(file: str, fields: tuple[str, ...], keyword: str) -> Loader:
+    """Loader of one pieces file: items of `fields`, asked about with the row's `keyword` field.
+
+    Rows repeating an earlier row's fields are dropped (one item, one position).
+    """
+
+    def load(sources: ProbeSources, rng: np.random.Generator) -> list[Item]:
+        if sources.pieces is None:
+            raise ValueError(f"no probe.pieces folder to read {file} from")
+        items, seen = [], set()
+        for row in read_pieces(sources.pieces / file, tuple(dict.fromkeys((*fields, keyword)))):
+            values = tuple(row[f] for f in fields)
+            if values not in seen:
+                seen.add(values)
+                items.append(Item(dict(zip(fields, values, strict=True)), (row[keyword],)))
+        return items
+
+    return load
+
+
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
@@ -219,7 +291,10 @@ TASKS: dict[str, TaskSpec] = {
             question='Which sentence contains the piece "{keyword}"? Return the whole sentence.',
             answer={"completion": "sentence"},
             metric="word_recall",
-            load=load_sentences,
+            loaders={
+                "offline": load_sentences,
+                "pieces": pieces_loader("document_sentences.jsonl", ("sentence",), "piece"),
+            },
         ),
         TaskSpec(
             name="code",
@@ -231,7 +306,12 @@ TASKS: dict[str, TaskSpec] = {
             "Answer with the function name.",
             answer={"completion": "function_name"},
             metric="name_match",
-            load=load_functions,
+            loaders={
+                "offline": load_functions,
+                "pieces": pieces_loader(
+                    "code_functions.jsonl", ("function_name", "function_define"), "piece"
+                ),
+            },
         ),
         TaskSpec(
             name="database",
@@ -242,7 +322,10 @@ TASKS: dict[str, TaskSpec] = {
             question="What are the label and description for the id {keyword}?",
             answer={"label": "label", "description": "dcpt"},
             metric="relaxed_match",
-            load=load_entities,
+            loaders={
+                "offline": load_entities,
+                "pieces": pieces_loader("database_entities.jsonl", ("id", "label", "dcpt"), "id"),
+            },
         ),
     )
 }
@@ -298,7 +381,8 @@ def _pack(
             too_big += 1  # longer than a whole context on its own: never usable
     if not chosen:
         raise ValueError(
-            f"probe.context_tokens={target} is too small for any {spec.name} item; raise it"
+            f"a context of {target} tokens (probe.context_tokens) is too small for any "
+            f"{spec.name} item; raise that length"
         )
     # Tokens can merge across item boundaries: trust only the count of the joined text.
     while True:
@@ -317,23 +401,29 @@ def build_task(
     n_sets: int,
     rng: np.random.Generator,
 ) -> list[ProbeSet]:
-    """`n_sets` contexts of <= `context_tokens` tokens; each position asked once if unambiguous."""
+    """`n_sets` contexts of <= `context_tokens` tokens; each position asked once if unambiguous.
+
+    A position is asked with the first keyword of its item that occurs in the item and nowhere
+    else in the context, so the question points at exactly one item.
+    """
     if not items:
         raise ValueError(f"no items for the {spec.name} probe; check its source material")
     stream, pending = _stream(len(items), rng), []
     sets = []
     for set_id in range(n_sets):
         chosen, text, n_tokens = _pack(items, spec, encoder, context_tokens, stream, pending)
-        context_id = f"{spec.name}-{set_id}"
+        context_id = f"{spec.name}-{context_tokens}-{set_id}"
         queries, skipped = [], 0
         for position_id, item in enumerate(chosen):
-            keyword = next((k for k in item.keywords if text.count(k) == 1), None)
+            rendered = spec.render.format(**item.fields)
+            keyword = next((k for k in item.keywords if k in rendered and text.count(k) == 1), None)
             if keyword is None:
                 skipped += 1
                 continue
             queries.append(
                 {
                     "task": spec.name,
+                    "context_tokens": context_tokens,
                     "set_id": set_id,
                     "position_id": position_id,
                     "context_id": context_id,
@@ -344,6 +434,7 @@ def build_task(
             )
         context = {
             "context_id": context_id,
+            "context_tokens": context_tokens,
             "set_id": set_id,
             "text": text,
             "n_tokens": n_tokens,
@@ -353,33 +444,43 @@ def build_task(
     return sets
 
 
-def task_rng(seed: int, task: str) -> np.random.Generator:
-    """One generator per (seed, task): adding or reordering tasks never changes another's data."""
-    return np.random.default_rng([seed, zlib.crc32(task.encode())])
+def task_rng(seed: int, task: str, *more: int) -> np.random.Generator:
+    """One generator per (seed, task, ...): adding or reordering tasks or lengths never changes
+    another's data."""
+    return np.random.default_rng([seed, zlib.crc32(task.encode()), *more])
 
 
 def build_probes(
     sources: ProbeSources,
     encoder: PromptEncoder,
     tasks: list[str],
-    context_tokens: int,
+    context_tokens: Sequence[int],
     n_sets: int,
     seed: int,
 ) -> dict[str, list[ProbeSet]]:
-    """Probe sets of every task, deterministic for a seed, source material and tokenizer."""
+    """`n_sets` probe sets per task and target length (lengths in the given order), deterministic
+    for a seed, source material and tokenizer."""
     probes = {}
     for name in tasks:
         spec = TASKS[name]
-        rng = task_rng(seed, name)
-        items = spec.load(sources, rng)
-        probes[name] = build_task(spec, items, encoder, context_tokens, n_sets, rng)
+        items = spec.loaders[sources.kind](sources, task_rng(seed, name))
+        probes[name] = [
+            probe_set
+            for target in context_tokens
+            for probe_set in build_task(
+                spec, items, encoder, target, n_sets, task_rng(seed, name, target)
+            )
+        ]
         n_queries = sum(len(s.queries) for s in probes[name])
         n_skipped = sum(s.n_skipped for s in probes[name])
         log.info(
-            "%s: %d items in the pool, %d sets, %d queries, %d ambiguous positions skipped",
+            "%s: %d %s items in the pool, %d sets at each of %s tokens, %d queries, "
+            "%d ambiguous positions skipped",
             name,
             len(items),
+            sources.kind,
             n_sets,
+            list(context_tokens),
             n_queries,
             n_skipped,
         )
@@ -393,6 +494,7 @@ def probe_stats(probes: Mapping[str, list[ProbeSet]]) -> dict[str, Any]:
             "n_queries": sum(len(s.queries) for s in sets),
             "sets": [
                 {
+                    "context_tokens": s.context["context_tokens"],
                     "set_id": s.context["set_id"],
                     "n_items": s.context["n_items"],
                     "n_queries": len(s.queries),
