@@ -116,7 +116,8 @@ def test_official_probes_become_contexts_and_queries(document: Path, tmp_path: P
     contexts, queries = read_official_probes("document", document, skip)
     assert contexts == [
         {
-            "context_id": f"document-{s}",
+            "context_id": f"document-32768-{s}",
+            "context_tokens": 32768,
             "set_id": s,
             "text": f"item {s}-0\nitem {s}-1\nitem {s}-2\nitem {s}-3",
             "n_items": 4,
@@ -134,9 +135,10 @@ def test_official_probes_become_contexts_and_queries(document: Path, tmp_path: P
     ]
     assert queries[6] == {
         "task": "document",
+        "context_tokens": 32768,
         "set_id": 1,
         "position_id": 3,
-        "context_id": "document-1",
+        "context_id": "document-32768-1",
         "question": QUESTION.format(keyword="1-3"),
         "row": 7,
         "completion": GOLD,

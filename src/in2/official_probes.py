@@ -34,6 +34,8 @@ OFFICIAL_STEMS = {
 }
 """Our task -> stem of its released files: `<stem>.jsonl`, `<stem>_skip_list.json`, and the
 predictions `results/<model>/sample_<stem>.jsonl`."""
+OFFICIAL_CONTEXT_TOKENS = 32768
+"""Nominal context length of the released sets (VaLProbing-32K)."""
 
 _PROMPT_START = re.compile(r"\s*(?:<s>)?\s*\[INST\]\s*" + re.escape(INSTRUCTION_HEAD))
 _PROMPT_END = re.compile(r"\s*\[/INST\]\s*$")
@@ -152,12 +154,17 @@ def split_prompt(prompt: str, where: str) -> tuple[str, str]:
 
 
 def read_official_probes(
-    task: str, probes_path: str | Path, skip_path: str | Path | None = None
+    task: str,
+    probes_path: str | Path,
+    skip_path: str | Path | None = None,
+    context_tokens: int = OFFICIAL_CONTEXT_TOKENS,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Contexts and queries, as `in2.probes.read_probes` returns them, of a released task file.
 
     Every row of a set must carry the same context (the set's one long text); skip-listed rows
     are not asked. Queries keep `row`, the row number predictions and skip lists refer to.
+    `context_tokens` is the set's nominal length (the released files are the 32K ones): the
+    runner groups curves by it.
     """
     rows = read_rows(task, probes_path, keep_prompt=True)
     skip = read_skip_list(skip_path, len(rows))
@@ -170,7 +177,8 @@ def read_official_probes(
         context = contexts.get(row.set_id)
         if context is None:
             context = {
-                "context_id": f"{task}-{row.set_id}",
+                "context_id": f"{task}-{context_tokens}-{row.set_id}",
+                "context_tokens": context_tokens,
                 "set_id": row.set_id,
                 "text": text,
                 "n_items": 0,
@@ -188,6 +196,7 @@ def read_official_probes(
         queries.append(
             {
                 "task": task,
+                "context_tokens": context_tokens,
                 "set_id": row.set_id,
                 "position_id": row.position_id,
                 "context_id": context["context_id"],
