@@ -2,17 +2,22 @@
 
 Reads the `scores.json` of each model (written by stages/probe.py) and renders what the paper
 shows: one panel per task with a curve per model (error bars = std over sets), and a Markdown table
-of Avg / Gap per task plus the "All" column, as percentages with one decimal.
+of Avg / Gap per task plus the "All" column, as percentages with one decimal. Beside them: one
+CSV per task with every model's score per position bin (DVC plots draw the models on one chart,
+and `dvc plots diff` one data version against another), and a depth × context-length heatmap
+per model (one row per probed length).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from in2.outputs import atomic_file, write_json
@@ -83,11 +88,82 @@ def plot_curves(scores: Scores, tasks: Sequence[str]) -> Figure:
     return fig
 
 
+def position_rows(scores: Scores, task: str) -> list[dict[str, Any]]:
+    """Rows of `positions/<task>.csv`: per position bin, each model's score and std over sets
+    (and its strict score where the task has one); an empty cell is a bin without queries."""
+    curves = {model: entry[task] for model, entry in scores.items() if task in entry}
+    if not curves:
+        return []
+    size = next(iter(curves.values()))["bin_size"]
+    n_bins = max(len(c["bins"]) for c in curves.values())
+
+    def cell(values: list[float | None], i: int) -> float | str:
+        value = values[i] if i < len(values) else None
+        return "" if value is None else round(value, 6)
+
+    rows = []
+    for i in range(n_bins):
+        row: dict[str, Any] = {"bin": i, "position": i * size}
+        for model, curve in curves.items():
+            row[model] = cell(curve["bins"], i)
+            row[f"{model}_std"] = cell(curve["bins_std"], i)
+            if "strict" in curve:
+                row[f"{model}_strict"] = cell(curve["strict"]["bins"], i)
+        rows.append(row)
+    return rows
+
+
+def depth_grid(by_length: Mapping[str, Mapping[str, Any]], n_depths: int) -> tuple[list[int], Any]:
+    """(lengths, [length, depth] scores) from a task's per-length curves: a bin's depth is the
+    middle of the positions it covers relative to the context's item count, so contexts of
+    different lengths (and item counts) line up; NaN where no bin falls into a depth cell."""
+    lengths = sorted(int(t) for t in by_length)
+    grid = np.full((len(lengths), n_depths), np.nan)
+    for row, length in enumerate(lengths):
+        bins = by_length[str(length)]["bins"]
+        cells: list[list[float]] = [[] for _ in range(n_depths)]
+        for i, value in enumerate(bins):
+            if value is not None:
+                cells[min(int((i + 0.5) / len(bins) * n_depths), n_depths - 1)].append(value)
+        grid[row] = [np.mean(c) if c else np.nan for c in cells]
+    return lengths, grid
+
+
+def plot_heatmap(entry: Mapping[str, Any], tasks: Sequence[str], n_depths: int = 10) -> Figure:
+    """One model: a panel per task, score by depth (x) and context length (y)."""
+    fig = Figure(figsize=(5 * len(tasks), 4), layout="constrained")
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    image = None
+    for ax, task in zip(axes, tasks, strict=True):
+        lengths, grid = depth_grid(entry[task]["by_length"], n_depths)
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+        ax.set_xticks(range(n_depths))
+        ax.set_xticklabels([f"{100 * (d + 0.5) / n_depths:.0f}%" for d in range(n_depths)])
+        ax.set_yticks(range(len(lengths)))
+        ax.set_yticklabels([f"{t:,}" for t in lengths])
+        ax.set_xlabel("depth of the item in the context")
+        ax.set_ylabel("context tokens")
+        ax.set_title(f"{TASKS[task].title} ({TASKS[task].retrieval})")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="score")
+    return fig
+
+
 def write_report(scores: Scores, tasks: Sequence[str], out_dir: str | Path) -> None:
-    """`probe_curves.png`, `scores.md` and `scores.json` in `out_dir`, each written atomically."""
+    """`probe_curves.png`, `scores.md`, `scores.json`, `positions/<task>.csv` and
+    `heatmap_<model>.png` (one row per probed length) in `out_dir`, each written atomically."""
     out = Path(out_dir)
     with atomic_file(out / "probe_curves.png") as tmp:
         plot_curves(scores, tasks).savefig(tmp, format="png", dpi=120)
     with atomic_file(out / "scores.md") as tmp:
         tmp.write_text("# VaL probing scores (× 100)\n\n" + scores_table(scores, tasks))
     write_json(out / "scores.json", scores)
+    for task in tasks:
+        rows = position_rows(scores, task)
+        with atomic_file(out / "positions" / f"{task}.csv") as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["bin", "position"])
+            writer.writeheader()
+            writer.writerows(rows)
+    for model, entry in scores.items():
+        with atomic_file(out / f"heatmap_{model}.png") as tmp:
+            plot_heatmap(entry, tasks).savefig(tmp, format="png", dpi=120)
