@@ -8,7 +8,8 @@ from pathlib import Path
 
 from in2.model import load_model, load_tokenizer
 from in2.outputs import atomic_dir, write_json, write_jsonl
-from in2.probe_runner import probe_model, scores_summary
+from in2.probe_results import scores_summary
+from in2.probe_runner import probe_model
 from in2.stage import log, run_stage
 from in2.tracking import mlflow_run
 
