@@ -21,10 +21,9 @@ from conftest import PROBE_CONTEXT_TOKENS, PROBE_TASKS, free_port, transformers_
 
 from in2.model import load_model, load_tokenizer, save_model
 from in2.params import InputError, OpenAIProbeParams, ProbeParams
-from in2.probe_metrics import score
 from in2.probe_openai import probe_endpoint
 from in2.probe_runner import probe_model
-from in2.probes import TASKS, read_probes
+from in2.probes import read_probes
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW = 6
@@ -71,7 +70,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
-def test_api_and_local_runners_write_the_same_rows_and_a_rerun_sends_nothing(
+def test_api_and_local_runners_write_equal_rows_and_a_rerun_sends_nothing(
     served: str, varied_dir: Path, probes_dir: Path, tmp_path: Path, sent: list[dict[str, Any]]
 ) -> None:
     params = probe_params(served, str(varied_dir), tmp_path, concurrency=2)
@@ -84,20 +83,14 @@ def test_api_and_local_runners_write_the_same_rows_and_a_rerun_sends_nothing(
     assert list(api_runs) == list(local_runs) == list(PROBE_TASKS)
     for task in PROBE_TASKS:
         _, queries = read_probes(probes_dir, task)
-        api_rows, local_rows = api_runs[task].predictions, local_runs[task].predictions
+        api_rows = api_runs[task].predictions
         assert [list(r) for r in api_rows] == [ROW_KEYS] * len(queries)
-        assert [list(r) for r in local_rows] == [ROW_KEYS] * len(queries)
-        ids = [(r["set_id"], r["position_id"]) for r in api_rows]
-        assert ids == [(r["set_id"], r["position_id"]) for r in local_rows]
-        assert sorted(ids) == sorted((q["set_id"], q["position_id"]) for q in queries)
-        spec, gold = TASKS[task], {(q["set_id"], q["position_id"]): q for q in queries}
-        for row in api_rows:
-            text = row["prediction"]
-            assert isinstance(text, str) and text == text.strip()
-            query = gold[(row["set_id"], row["position_id"])]
-            want = score(spec.metric, {k: query[k] for k in spec.answer}, text)
-            assert row["score"] == want
-        assert api_runs[task].curve.n_queries == local_runs[task].curve.n_queries == len(queries)
+        ids = sorted((r["set_id"], r["position_id"]) for r in api_rows)
+        assert ids == sorted((q["set_id"], q["position_id"]) for q in queries)
+        # The same greedy model behind both runners, given the same prompt, answers the same:
+        # equal rows prove format, order, prompt content, answer cleanup and scoring at once.
+        assert api_rows == local_runs[task].predictions
+        assert api_runs[task].curve == local_runs[task].curve
     answers = [r["prediction"] for run in api_runs.values() for r in run.predictions]
     assert len(set(answers)) > 1, "degenerate model: the comparison would prove nothing"
     # the question sent is the query's, after the set's context, in one user message
