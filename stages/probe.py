@@ -1,34 +1,47 @@
 """Stage probe: run VaL probing on one model, write results/probe/<model>/ and log an MLflow run.
 
-`--model base` probes models/base, `--model in2` the IN2-trained models/in2; both read the same
-data/probes/, so their curves compare position by position.
+`--model base` probes models/base, `--model in2` the IN2-trained models/in2 (local runner,
+in2.probe_runner); `--model api` probes the model behind the OpenAI-compatible endpoint of
+`probe.openai` (API runner, in2.probe_openai; not in the default pipeline, see docs/probing.md).
+All read the same data/probes/ and write the same files, so their curves compare position by
+position.
 """
 
+from dataclasses import asdict
 from pathlib import Path
 
-from in2.model import load_model, load_tokenizer
+from in2.model import BASE_DIR, load_model, load_tokenizer
 from in2.outputs import atomic_dir, write_json, write_jsonl
-from in2.probe_runner import probe_model, scores_summary
+from in2.probe_openai import probe_endpoint
+from in2.probe_results import scores_summary
+from in2.probe_runner import probe_model
 from in2.stage import log, run_stage
 from in2.tracking import mlflow_run
 
 PROBES = Path("data/probes")
 MAKER = {"base": "base_model", "in2": "train"}
-"""Model name -> the DVC stage that builds models/<name>/."""
+"""Model name -> the DVC stage that builds models/<name>/ (probed by the local runner)."""
+API = "api"
+"""Model name of the endpoint in `probe.openai` (probed by the API runner)."""
 
 
 def main(params, args) -> None:
     model_dir = Path("models") / args.model
-    if not model_dir.is_dir():
+    if args.model != API and not model_dir.is_dir():
         raise FileNotFoundError(
             f"{model_dir} does not exist; run `dvc repro {MAKER[args.model]}` first"
         )
     if not PROBES.is_dir():
         raise FileNotFoundError(f"{PROBES} does not exist; run `dvc repro probe_data` first")
-
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
-    runs = probe_model(model, tokenizer, params.probe, PROBES)
+    api = None
+    if args.model == API:
+        runs, api = probe_endpoint(params.probe, PROBES, BASE_DIR / "tokenizer.json")
+        tags = {"model": API, "runner": "openai", "api_model": params.probe.openai.model}
+        logged = params.probe.model_dump()
+    else:
+        runs = probe_model(load_model(model_dir), load_tokenizer(model_dir), params.probe, PROBES)
+        tags = {"model": args.model, "runner": "local"}
+        logged = params.probe.model_dump(exclude={"openai"})
     scores = scores_summary(runs)
 
     out = Path("results/probe") / args.model
@@ -38,9 +51,7 @@ def main(params, args) -> None:
         write_json(tmp / "scores.json", scores)
     log.info("wrote %s", out)
 
-    with mlflow_run(
-        f"probe-{args.model}", params=params.probe.model_dump(), tags={"model": args.model}
-    ) as mlflow:
+    with mlflow_run(f"probe-{args.model}", params=logged, tags=tags) as mlflow:
         for task, run in runs.items():
             for step, value in enumerate(run.curve.bins):
                 if value is not None:  # a bin of only ambiguous (skipped) positions
@@ -51,11 +62,15 @@ def main(params, args) -> None:
         mlflow.log_metric("all_avg", scores["all"]["avg"])
         mlflow.log_metric("all_gap", scores["all"]["gap"])
         mlflow.log_dict(scores, "scores.json")
+        if api is not None:  # what the endpoint was asked and what it cost
+            mlflow.log_dict(asdict(api), "api.json")
+            for name in ("requests", "cached", "cost_usd", "retry_wait_s"):
+                mlflow.log_metric(f"api_{name}", getattr(api, name))
 
 
 if __name__ == "__main__":
     run_stage(
         main,
         __doc__,
-        lambda p: p.add_argument("--model", required=True, choices=sorted(MAKER)),
+        lambda p: p.add_argument("--model", required=True, choices=[*sorted(MAKER), API]),
     )

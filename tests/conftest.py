@@ -1,15 +1,30 @@
-"""Shared fixtures: a tiny random-init Llama model with the real SmolLM2 tokenizer."""
+"""Shared fixtures: a tiny random-init Llama model with the real SmolLM2 tokenizer, probe data
+for it, and `transformers serve` on loopback."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pytest
 
+if TYPE_CHECKING:
+    import torch
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+PROBE_TASKS = ("document", "database")
+"""Tasks of the `probes_dir` fixture."""
+PROBE_CONTEXT_TOKENS = 90
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +62,82 @@ def write_random_segments(
             "index_in_doc": np.arange(n_segments, dtype=np.int32) % 2,
         }
     ).to_parquet(folder / INDEX_FILE, index=False)
+
+
+def vary_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Give the tiny model large random weights, so its greedy answers vary with every input.
+
+    At its default init it answers "\\n" to everything, which would make any runner look right.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.3, generator=generator)
+    return model
+
+
+@pytest.fixture(scope="module")
+def probes_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Probe data of PROBE_TASKS for the tiny model, built and written as probe_data does."""
+    from in2.model import load_tokenizer
+    from in2.probes import ProbeSources, build_probes, write_probes
+    from in2.prompting import PromptEncoder
+
+    encoder = PromptEncoder.create(load_tokenizer(tiny_model_dir), "chat")
+    rng = np.random.default_rng(7)
+    words = ["red", "green", "blue", "stone", "river", "light", "paper", "glass", "tower"]
+    corpus = pd.DataFrame(
+        {
+            "title": [f"Thing {i}" for i in range(12)],
+            "text": [" ".join(rng.choice(words, 13)).capitalize() + "." for _ in range(12)],
+            "description": [f"kind {i}" for i in range(12)],
+        }
+    )
+    out = tmp_path_factory.mktemp("probes") / "probes"
+    sources = ProbeSources(corpus, out.parent)
+    write_probes(
+        build_probes(sources, encoder, list(PROBE_TASKS), [PROBE_CONTEXT_TOKENS], 2, 0), out
+    )
+    return out
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then closed again)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def transformers_serve(model_dir: Path) -> Iterator[str]:
+    """`transformers serve` of `model_dir` on a free loopback port, offline; yields its /v1 URL.
+
+    Skips the test only if the server cannot start here."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(model_dir)]
+    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                log = proc.stdout.read().decode(errors="replace")[-2000:] if proc.stdout else ""
+                pytest.skip(f"`transformers serve` exited with code {proc.returncode}: {log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.skip("`transformers serve` did not answer /health within 90 s")
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

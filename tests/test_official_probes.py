@@ -135,6 +135,7 @@ def test_official_probes_become_contexts_and_queries(document: Path, tmp_path: P
     ]
     assert queries[6] == {
         "task": "document",
+        "keyword": "1-3",
         "context_tokens": 32768,
         "set_id": 1,
         "position_id": 3,

@@ -6,21 +6,20 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
+from conftest import PROBE_CONTEXT_TOKENS, PROBE_TASKS, vary_weights
 from transformers import PreTrainedModel
 
 from in2.model import load_model, load_tokenizer
 from in2.params import ProbeParams
-from in2.probe_runner import TaskRun, generate_shared, probe_model, scores_summary
-from in2.probes import ProbeSources, build_probes, read_probes, write_probes
+from in2.probe_results import TaskRun, scores_summary
+from in2.probe_runner import generate_shared, probe_model
+from in2.probes import read_probes
 from in2.prompting import PromptEncoder
 from in2.report import write_report
 
 MAX_NEW = 6
-TASKS_RUN = ("document", "database")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,17 +34,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir: Path) -> PreTrainedModel:
-    """The tiny model with large random weights: its greedy answers vary with every input.
-
-    At its default init it answers "\\n" to everything, which would make any runner look right.
-    """
-    model = load_model(tiny_model_dir)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.3, generator=generator)
-    return model
+    return vary_weights(load_model(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -90,30 +79,12 @@ def test_batched_suffixes_of_different_lengths_match_generate(
 
 
 @pytest.fixture(scope="module")
-def probes_dir(encoder: PromptEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Probe data of two tasks, built and written as the probe_data stage does."""
-    rng = np.random.default_rng(7)
-    words = ["red", "green", "blue", "stone", "river", "light", "paper", "glass", "tower"]
-    corpus = pd.DataFrame(
-        {
-            "title": [f"Thing {i}" for i in range(12)],
-            "text": [" ".join(rng.choice(words, 13)).capitalize() + "." for _ in range(12)],
-            "description": [f"kind {i}" for i in range(12)],
-        }
-    )
-    out = tmp_path_factory.mktemp("probes") / "probes"
-    sources = ProbeSources(corpus, out.parent)
-    write_probes(build_probes(sources, encoder, list(TASKS_RUN), [90], 2, 0), out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def runs(model: PreTrainedModel, tiny_model_dir: Path, probes_dir: Path) -> dict[str, TaskRun]:
     params = ProbeParams(
-        tasks=list(TASKS_RUN),
-        context_tokens=90,
+        tasks=list(PROBE_TASKS),
+        context_tokens=PROBE_CONTEXT_TOKENS,
         bin_size=2,
-        max_new_tokens=dict.fromkeys(TASKS_RUN, MAX_NEW),
+        max_new_tokens=dict.fromkeys(PROBE_TASKS, MAX_NEW),
         batch_size=4,
     )
     return probe_model(model, load_tokenizer(tiny_model_dir), params, probes_dir)
@@ -146,15 +117,20 @@ def test_probe_model_predictions_match_generate(
 
 def test_scores_summary_feeds_the_report(runs: dict[str, TaskRun], tmp_path: Path) -> None:
     scores = scores_summary(runs)
-    assert set(scores) == {*TASKS_RUN, "all"}
+    assert set(scores) == {*PROBE_TASKS, "all", "all_strict"}
     doc, db = scores["document"], scores["database"]
     curve_keys = {"avg", "gap", "bins", "bins_std", "n_queries", "bin_size"}
-    assert set(doc) == curve_keys | {"by_length"}
-    assert list(doc["by_length"]) == ["90"], "one length: its curve is the task's"
-    assert doc["by_length"]["90"] == {k: doc[k] for k in curve_keys}
+    assert set(doc) == curve_keys | {"by_length", "strict"}
+    length = str(PROBE_CONTEXT_TOKENS)
+    assert list(doc["by_length"]) == [length], "one length: its curve is the task's"
+    assert doc["by_length"][length] == {k: doc[k] for k in curve_keys}
+    assert set(doc["strict"]) == curve_keys
+    assert scores["all_strict"]["avg"] == pytest.approx(
+        (doc["strict"]["avg"] + db["strict"]["avg"]) / 2
+    )
     assert scores["all"]["avg"] == pytest.approx((doc["avg"] + db["avg"]) / 2)
 
-    write_report({"base": scores, "in2": scores}, list(TASKS_RUN), tmp_path)
+    write_report({"base": scores, "in2": scores}, list(PROBE_TASKS), tmp_path)
     table = (tmp_path / "scores.md").read_text()
     assert "| model | Document Avg/Gap | Database Avg/Gap | All Avg/Gap |" in table
     row = f"| in2 | {100 * doc['avg']:.1f} / {100 * doc['gap']:.1f} | "

@@ -10,21 +10,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import deque
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import free_port, transformers_serve
 
 import in2.openai_batch
 import in2.openai_client
@@ -248,10 +245,7 @@ def test_retries_exhausted_and_client_errors_stop_with_a_clear_message(stub, tmp
 
 
 def test_unreachable_endpoint_names_the_url_and_what_to_do(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
-    url = f"http://127.0.0.1:{port}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(EndpointError) as err:
         generate_openai_qa(segments(1, 1), qa_params(url, tmp_path, max_retries=0), 0)
     assert f"cannot reach the QA endpoint {url}" in str(err.value)
@@ -532,35 +526,9 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def served(smollm2_dir: Path):
-    """`transformers serve` on a free loopback port; skipped only if it cannot start here."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(smollm2_dir)]
-    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                log = proc.stdout.read().decode(errors="replace")[-2000:] if proc.stdout else ""
-                pytest.skip(f"`transformers serve` exited with code {proc.returncode}: {log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.skip("`transformers serve` did not answer /health within 90 s")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def served(smollm2_dir: Path) -> Iterator[str]:
+    with transformers_serve(smollm2_dir) as url:
+        yield url
 
 
 def _wiki_segments(tokenizer_dir: Path) -> pd.DataFrame:

@@ -153,6 +153,23 @@ def split_prompt(prompt: str, where: str) -> tuple[str, str]:
     return context, question.strip()
 
 
+def question_keyword(task: str, question: str, where: str) -> str:
+    """The keyword a released question asks about (the strict metrics need it).
+
+    The questions open as ours do (`in2.probes.TASKS[task].question`, up to `{keyword}`); the
+    keyword runs to the last occurrence of the character that follows it in the template (the
+    closing quote, or the id's question mark), whatever wording comes after.
+    """
+    head, tail = TASKS[task].question.split("{keyword}")
+    end = question.rfind(tail[:1]) if tail else len(question)
+    if not question.startswith(head) or end <= len(head):
+        raise InputError(
+            f"{where}: the question {question[:80]!r} does not open like the {task} template "
+            f"{TASKS[task].question!r}; the file is not a VaLProbing {task} file"
+        )
+    return question[len(head) : end]
+
+
 def read_official_probes(
     task: str,
     probes_path: str | Path,
@@ -196,6 +213,7 @@ def read_official_probes(
         queries.append(
             {
                 "task": task,
+                "keyword": question_keyword(task, question, where),
                 "context_tokens": context_tokens,
                 "set_id": row.set_id,
                 "position_id": row.position_id,

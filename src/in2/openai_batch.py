@@ -166,7 +166,7 @@ def run_batch(
     (all batches at once, so they run side by side) and wait for them.
 
     A request that failed in a resumed batch is not sent again in the same run."""
-    budget = Budget(params.budget_usd)
+    budget = Budget(params)
     folder = cache.root / "batches"
     failed: set[str] = set()
     for state in sorted(folder.glob("*.json")):

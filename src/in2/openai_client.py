@@ -1,7 +1,10 @@
 """Paying for each chat completion once: an OpenAI-compatible client with our own retries, bounded
 concurrency, an on-disk response cache, a cost estimate and a budget.
 
-- Cache: one JSON file per response under `qa.openai.cache_dir` (outside every DVC output),
+Used by the QA generator (`qa.openai`, in2.qa_openai) and the API probe runner (`probe.openai`,
+in2.probe_openai); messages name the section of the caller's params.
+
+- Cache: one JSON file per response under `<section>.cache_dir` (outside every DVC output),
   keyed by the sha256 of the request body (model, messages, sampling params; never the URL or
   the key) and written atomically right after the response arrives, so neither a re-run nor a
   crash pays for a call twice.
@@ -34,7 +37,8 @@ import openai
 from tqdm import tqdm
 
 from in2.outputs import atomic_file
-from in2.params import InputError, OpenAIQAParams
+from in2.params import InputError, OpenAIEndpointParams, OpenAIQAParams
+from in2.tracking import repo_root
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,12 @@ def request_key(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def request_of(body: dict[str, Any], typical_output_tokens: int) -> ChatRequest:
+    """A request for `body`, which must set `max_tokens` (it bounds the cost)."""
+    typical = min(typical_output_tokens, body["max_tokens"])
+    return ChatRequest(request_key(body), body, typical)
+
+
 def chat_request(
     messages: list[dict[str, str]], params: OpenAIQAParams, typical_output_tokens: int
 ) -> ChatRequest:
@@ -81,7 +91,13 @@ def chat_request(
     }
     if params.json_mode:
         body["response_format"] = {"type": "json_object"}
-    return ChatRequest(request_key(body), body, min(typical_output_tokens, params.max_tokens))
+    return request_of(body, typical_output_tokens)
+
+
+def cache_root(params: OpenAIEndpointParams) -> Path:
+    """The response cache folder; a relative path is anchored at the repository root."""
+    path = Path(params.cache_dir)
+    return path if path.is_absolute() else repo_root() / path
 
 
 class ResponseCache:
@@ -136,8 +152,8 @@ class Pricing:
     discount: float = 1.0
 
     @classmethod
-    def of(cls, params: OpenAIQAParams) -> Pricing:
-        discount = BATCH_DISCOUNT if params.mode == "batch" else 1.0
+    def of(cls, params: OpenAIEndpointParams, batch: bool = False) -> Pricing:
+        discount = BATCH_DISCOUNT if batch else 1.0
         return cls(params.price_per_1m_input, params.price_per_1m_output, discount)
 
     def cost(self, prompt: int, completion: int) -> float:
@@ -147,7 +163,7 @@ class Pricing:
 
 @dataclass
 class ApiStats:
-    """What a run asked the endpoint for and what it cost (part of metrics/qa.json)."""
+    """What a run asked the endpoint for and what it cost (metrics/qa.json, MLflow of probes)."""
 
     mode: str
     requests: int = 0
@@ -188,7 +204,6 @@ class Plan:
     prompt_tokens: dict[str, int]
     cached: int
     pricing: Pricing
-    max_tokens: int
 
     @property
     def typical_cost(self) -> float:
@@ -197,11 +212,15 @@ class Plan:
         )
 
     @property
+    def max_completion_tokens(self) -> int:
+        return sum(r.body["max_tokens"] for r in self.todo)
+
+    @property
     def max_cost(self) -> float:
-        return self.pricing.cost(sum(self.prompt_tokens.values()), self.max_tokens * len(self.todo))
+        return self.pricing.cost(sum(self.prompt_tokens.values()), self.max_completion_tokens)
 
     def worst_case(self, request: ChatRequest) -> float:
-        return self.pricing.cost(self.prompt_tokens[request.key], self.max_tokens)
+        return self.pricing.cost(self.prompt_tokens[request.key], request.body["max_tokens"])
 
     def describe(self) -> str:
         typical_out = sum(r.typical_output_tokens for r in self.todo)
@@ -211,7 +230,7 @@ class Plan:
         return (
             f"{len(self.todo) + self.cached} requests: {self.cached} cached, {len(self.todo)} to "
             f"send with ~{sum(self.prompt_tokens.values()):,} prompt tokens and "
-            f"<= {self.max_tokens * len(self.todo):,} completion tokens (typically "
+            f"<= {self.max_completion_tokens:,} completion tokens (typically "
             f"~{typical_out:,}); estimated cost ${self.typical_cost:.4f} "
             f"(at most ${self.max_cost:.4f}) at {rate}"
         )
@@ -220,21 +239,22 @@ class Plan:
 def plan(
     requests: list[ChatRequest],
     cache: ResponseCache,
-    params: OpenAIQAParams,
+    pricing: Pricing,
     count: Callable[[str], int],
 ) -> Plan:
     """Deduplicate, drop what the cache answers, and estimate the rest."""
     unique = list({r.key: r for r in requests}.values())
     todo = [r for r in unique if r.key not in cache]
     tokens = {r.key: prompt_tokens(r.body, count) for r in todo}
-    return Plan(todo, tokens, len(unique) - len(todo), Pricing.of(params), params.max_tokens)
+    return Plan(todo, tokens, len(unique) - len(todo), pricing)
 
 
 class Budget:
     """Reserve a request's worst case before sending it; settle with the actual cost after."""
 
-    def __init__(self, limit: float | None) -> None:
-        self.limit = limit
+    def __init__(self, params: OpenAIEndpointParams) -> None:
+        self.params = params
+        self.limit = params.budget_usd
         self.spent = 0.0
         self.reserved = 0.0
         self.stopped = False
@@ -251,27 +271,29 @@ class Budget:
         self.spent += actual
 
     def error(self, stats: ApiStats, cache: ResponseCache) -> BudgetExceeded:
+        section, output = self.params.section, self.params.output
         return BudgetExceeded(
-            f"qa.openai.budget_usd: stopped before exceeding ${self.limit:.4f}: spent "
+            f"{section}.budget_usd: stopped before exceeding ${self.limit:.4f}: spent "
             f"${self.spent:.4f} on {stats.requests} request(s) in this run; {cache.count()} "
-            f"response(s) are cached in {cache.root}. Nothing was written to data/qa. Re-running "
-            "resumes from the cache: raise qa.openai.budget_usd (or set it to null) to go on."
+            f"response(s) are cached in {cache.root}. Nothing was written to {output}. Re-running "
+            f"resumes from the cache: raise {section}.budget_usd (or set it to null) to go on."
         )
 
 
-def endpoint_url(params: OpenAIQAParams) -> str:
+def endpoint_url(params: OpenAIEndpointParams) -> str:
     return params.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
 
-def make_client(params: OpenAIQAParams) -> openai.OpenAI:
+def make_client(params: OpenAIEndpointParams) -> openai.OpenAI:
     """An SDK client with its own retries off (ours honour Retry-After and are counted)."""
     url = endpoint_url(params)
     key = os.environ.get(params.api_key_env)
     if not key:
         if urlparse(url).hostname not in LOOPBACK_HOSTS:
             raise InputError(
-                f"qa.openai: no API key for {url}: set the environment variable "
-                f"{params.api_key_env} (qa.openai.api_key_env); never put the key in params.yaml"
+                f"{params.section}: no API key for {url}: set the environment variable "
+                f"{params.api_key_env} ({params.section}.api_key_env); never put the key in "
+                "params.yaml"
             )
         key = "unused-local-key"  # a server on loopback needs none, the SDK wants one
     return openai.OpenAI(api_key=key, base_url=url, max_retries=0, timeout=params.timeout_s)
@@ -297,16 +319,18 @@ def retry_after_s(headers: Any) -> float | None:
         return None
 
 
-def _status_error(err: openai.APIStatusError, url: str, params: OpenAIQAParams) -> EndpointError:
-    code = err.status_code
+def _status_error(
+    err: openai.APIStatusError, url: str, params: OpenAIEndpointParams
+) -> EndpointError:
+    code, section, name = err.status_code, params.section, f"the {params.purpose} endpoint {url}"
     if code in (401, 403):  # the server's message may quote part of the key: leave it out
         hint = f"set the environment variable {params.api_key_env} to a valid key for it"
-        return EndpointError(f"the QA endpoint {url} refused the API key (HTTP {code}): {hint}")
+        return EndpointError(f"{name} refused the API key (HTTP {code}): {hint}")
     if code == 404:
-        hint = f"check qa.openai.model ({params.model!r}) and qa.openai.base_url (usually …/v1)"
+        hint = f"check {section}.model ({params.model!r}) and {section}.base_url (usually …/v1)"
     else:
-        hint = f"check qa.openai.model ({params.model!r}) and the sampling params"
-    return EndpointError(f"the QA endpoint {url} answered HTTP {code} ({err.message}): {hint}")
+        hint = f"check {section}.model ({params.model!r}) and the sampling params"
+    return EndpointError(f"{name} answered HTTP {code} ({err.message}): {hint}")
 
 
 @dataclass
@@ -317,7 +341,7 @@ class Fetched:
 
 
 def fetch(
-    client: openai.OpenAI, request: ChatRequest, cache: ResponseCache, params: OpenAIQAParams
+    client: openai.OpenAI, request: ChatRequest, cache: ResponseCache, params: OpenAIEndpointParams
 ) -> Fetched:
     """One request with retries; the response is cached before it is returned."""
     url = str(client.base_url)
@@ -340,24 +364,30 @@ def fetch(
         except openai.APIConnectionError:
             cause = "connection"
         if attempt == params.max_retries:
+            section, name = params.section, f"the {params.purpose} endpoint {url}"
             if cause == "connection":
                 raise EndpointError(
-                    f"cannot reach the QA endpoint {url} (after {attempt + 1} attempt(s)): "
-                    "start the server (e.g. `transformers serve FOLDER --port N` or vLLM) or fix "
-                    "qa.openai.base_url / OPENAI_BASE_URL; responses received so far are cached "
+                    f"cannot reach {name} (after {attempt + 1} attempt(s)): start the server "
+                    "(e.g. `transformers serve FOLDER --port N` or vLLM) or fix "
+                    f"{section}.base_url / OPENAI_BASE_URL; responses received so far are cached "
                     "and a re-run resumes from them"
                 ) from None
             raise EndpointError(
-                f"the QA endpoint {url} kept failing ({cause}, {attempt + 1} attempt(s)); "
-                "responses received so far are cached and a re-run resumes from them; raise "
-                "qa.openai.max_retries or qa.openai.timeout_s, or lower qa.openai.concurrency"
+                f"{name} kept failing ({cause}, {attempt + 1} attempt(s)); responses received so "
+                f"far are cached and a re-run resumes from them; raise {section}.max_retries or "
+                f"{section}.timeout_s, or lower {section}.concurrency"
             ) from None
         if asked is not None:
             delay = min(asked, RETRY_AFTER_MAX_S)
         else:
             delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * random.uniform(0.5, 1.0)
         log.warning(
-            "qa: request to %s failed (%s), retry %d in %.1f s", url, cause, attempt + 1, delay
+            "%s: request to %s failed (%s), retry %d in %.1f s",
+            params.section,
+            url,
+            cause,
+            attempt + 1,
+            delay,
         )
         retries.append((cause, delay))
         time.sleep(delay)
@@ -367,21 +397,23 @@ def run_online(
     client: openai.OpenAI,
     work: Plan,
     cache: ResponseCache,
-    params: OpenAIQAParams,
+    params: OpenAIEndpointParams,
     stats: ApiStats,
+    budget: Budget | None = None,
 ) -> None:
-    """Send the planned requests, at most `concurrency` in flight, within the budget.
+    """Send the planned requests, at most `concurrency` in flight, within the budget (a fresh
+    one, or `budget` when several calls share one).
 
     On an endpoint error or the budget limit no new request is sent; those in flight finish (and
     are cached) before the error is raised.
     """
-    budget = Budget(params.budget_usd)
+    budget = budget or Budget(params)
     error: EndpointError | None = None
     pending: dict[Future[Fetched], tuple[ChatRequest, float]] = {}
     todo = iter(work.todo)
     with (
-        ThreadPoolExecutor(params.concurrency, thread_name_prefix="qa") as pool,
-        tqdm(total=len(work.todo), desc="qa requests") as bar,
+        ThreadPoolExecutor(params.concurrency, thread_name_prefix=params.purpose) as pool,
+        tqdm(total=len(work.todo), desc=f"{params.purpose} requests") as bar,
     ):
         while True:
             while error is None and not budget.stopped and len(pending) < params.concurrency:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -138,9 +138,16 @@ class SegmentParams(_Section):
         return self
 
 
-class OpenAIQAParams(_Section):
-    """The `openai` QA generator: any OpenAI-compatible endpoint (OpenAI, vLLM, `transformers
-    serve`). The API key is read from the environment variable `api_key_env`, never from here."""
+class OpenAIEndpointParams(_Section):
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM, `transformers serve`), as in2.openai_client
+    uses it. The API key is read from the environment variable `api_key_env`, never from here."""
+
+    section: ClassVar[str]
+    """Dotted params key of the section, named in error messages."""
+    purpose: ClassVar[str]
+    """What the endpoint is asked for, in messages ("QA", "probe")."""
+    output: ClassVar[str]
+    """What a stopped run leaves unwritten, in the budget message."""
 
     base_url: str | None = None
     """Endpoint, e.g. `http://127.0.0.1:8000/v1`; null uses OPENAI_BASE_URL or OpenAI's."""
@@ -148,17 +155,13 @@ class OpenAIQAParams(_Section):
     """Model name sent with each request (paper: GPT-4-Turbo)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key."""
-    temperature: float = Field(0.0, ge=0, le=2)
-    """Sampling temperature (part of the cache key)."""
-    max_tokens: int = Field(512, gt=0)
-    """Completion budget per request (part of the cache key)."""
     concurrency: int = Field(8, gt=0)
     """Requests in flight at once."""
     max_retries: int = Field(6, ge=0)
     """Retries of a request on 429 / 5xx / timeouts, with exponential backoff and Retry-After."""
     timeout_s: float = Field(120.0, gt=0)
     """Per-request timeout."""
-    cache_dir: str = ".cache/qa"
+    cache_dir: str
     """On-disk response cache (outside every DVC output), so no call is ever paid for twice."""
     price_per_1m_input: float = Field(10.0, ge=0)
     """USD per million prompt tokens, for the cost estimate and the budget (GPT-4-Turbo: 10)."""
@@ -166,12 +169,39 @@ class OpenAIQAParams(_Section):
     """USD per million completion tokens (GPT-4-Turbo: 30)."""
     budget_usd: float | None = Field(None, gt=0)
     """Stop cleanly before spending more than this; null: no cap."""
+
+
+class OpenAIQAParams(OpenAIEndpointParams):
+    """The `openai` QA generator's endpoint and sampling."""
+
+    section: ClassVar[str] = "qa.openai"
+    purpose: ClassVar[str] = "QA"
+    output: ClassVar[str] = "data/qa"
+
+    cache_dir: str = ".cache/qa"
+    """On-disk response cache (outside every DVC output), so no call is ever paid for twice."""
+    temperature: float = Field(0.0, ge=0, le=2)
+    """Sampling temperature (part of the cache key)."""
+    max_tokens: int = Field(512, gt=0)
+    """Completion budget per request (part of the cache key)."""
     mode: Literal["online", "batch"] = "online"
     """`online`: concurrent requests; `batch`: the OpenAI Batch API (half price, 24 h)."""
     json_mode: bool = True
     """Send `response_format: json_object` (OpenAI, vLLM); turn off for a server rejecting it."""
     batch_poll_s: float = Field(60.0, gt=0)
     """`batch` mode: seconds between two status checks of a submitted batch."""
+
+
+class OpenAIProbeParams(OpenAIEndpointParams):
+    """The model probed by `stages/probe.py --model api`: greedy (temperature 0), at most
+    `probe.max_new_tokens[task]` completion tokens per query."""
+
+    section: ClassVar[str] = "probe.openai"
+    purpose: ClassVar[str] = "probe"
+    output: ClassVar[str] = "results/probe/api"
+
+    cache_dir: str = ".cache/probe"
+    """On-disk response cache (outside every DVC output), so no call is ever paid for twice."""
 
 
 class QAParams(_Section):
@@ -366,7 +396,10 @@ class ProbeParams(_Section):
     batch_size: int = Field(16, gt=0)
     """Queries decoded together on one shared, prefilled context."""
     prompt_format: Literal["chat", "film"] = "chat"
-    """Prompt template, as in train.prompt_format."""
+    """Prompt template, as in train.prompt_format. An API model (`--model api`) gets the same
+    instruction (context, then question) as one user message; its server applies its template."""
+    openai: OpenAIProbeParams = OpenAIProbeParams()
+    """The endpoint probed by `stages/probe.py --model api` (not part of the default pipeline)."""
 
     @field_validator("context_tokens", mode="before")
     @classmethod

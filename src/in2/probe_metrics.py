@@ -165,16 +165,23 @@ def overall(curves: Mapping[str, PositionCurve]) -> dict[str, float]:
 def summary(
     curves: Mapping[str, PositionCurve],
     by_length: Mapping[str, Mapping[int, PositionCurve]] | None = None,
+    strict: Mapping[str, PositionCurve] | None = None,
 ) -> dict[str, object]:
-    """`scores.json`: each task's curve, Avg and Gap (and, given `by_length`, those of each
-    context length), plus the paper's "All" column.
+    """`scores.json`: each task's curve, Avg and Gap (and, when given, those of each context
+    length under `by_length` and of the strict variant under `strict`), plus the paper's "All"
+    column (and `all_strict`).
 
     One function for every producer (the probe stage, `in2 score-official`), so their files compare.
     """
     out: dict[str, object] = {}
     for task, curve in curves.items():
-        out[task] = curve.to_dict()
+        entry = curve.to_dict()
         if by_length is not None:
-            out[task]["by_length"] = {str(t): c.to_dict() for t, c in by_length[task].items()}
+            entry["by_length"] = {str(t): c.to_dict() for t, c in by_length[task].items()}
+        if strict is not None:
+            entry["strict"] = strict[task].to_dict()
+        out[task] = entry
     out["all"] = overall(curves)
+    if strict is not None:
+        out["all_strict"] = overall(strict)
     return out

@@ -17,9 +17,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,8 +34,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from in2.params import ProbeParams
-from in2.probe_metrics import PositionCurve, position_curve, score, summary
-from in2.probes import TASKS, read_probes
+from in2.probe_results import TaskRun, by_context, task_run
+from in2.probes import read_probes
 from in2.prompting import PromptEncoder
 
 log = logging.getLogger(__name__)
@@ -239,18 +238,6 @@ def generate_shared(
     return answers
 
 
-@dataclass(frozen=True)
-class TaskRun:
-    """Predictions of one task (rows of `<task>.predictions.jsonl`), their curves and wall time."""
-
-    predictions: list[dict[str, object]]
-    curve: PositionCurve
-    """Over every set of every length (a bin averages the sets that reach it)."""
-    by_length: dict[int, PositionCurve]
-    """Target context length -> the curve of that length's sets."""
-    seconds: float
-
-
 def run_task(
     model: PreTrainedModel,
     encoder: PromptEncoder,
@@ -262,58 +249,22 @@ def run_task(
     bin_size: int,
 ) -> TaskRun:
     """Answer and score every query of a task, one prefill per context."""
-    spec = TASKS[task]
     started = time.perf_counter()
     stop_ids = encoder.stop_ids()
     tokenizer = encoder.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    predictions = []
+    asked: list[dict] = []
+    answers: list[str] = []
     with tqdm(total=len(queries), desc=f"probe {task}", unit="query") as progress:
-        for context in contexts:
-            mine = [q for q in queries if q["context_id"] == context["context_id"]]
+        for context, mine in by_context(contexts, queries):
             shared = encoder.prefix() + encoder.context(context["text"])
             suffixes = [encoder.suffix(q["question"]) for q in mine]
-            answers = generate_shared(
+            ids = generate_shared(
                 model, shared, suffixes, max_new_tokens, stop_ids, batch_size, pad_id, progress
             )
-            for query, ids in zip(mine, answers, strict=True):
-                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                gold = {out: query[out] for out in spec.answer}
-                predictions.append(
-                    {
-                        "context_tokens": query["context_tokens"],
-                        "set_id": query["set_id"],
-                        "position_id": query["position_id"],
-                        "prediction": text,
-                        "score": score(spec.metric, gold, text),
-                    }
-                )
-    curve = position_curve(
-        (((p["context_tokens"], p["set_id"]), p["position_id"], p["score"]) for p in predictions),
-        bin_size,
-    )
-    by_length = {
-        tokens: position_curve(
-            (
-                (p["set_id"], p["position_id"], p["score"])
-                for p in predictions
-                if p["context_tokens"] == tokens
-            ),
-            bin_size,
-        )
-        for tokens in sorted({p["context_tokens"] for p in predictions})
-    }
-    seconds = time.perf_counter() - started
-    log.info(
-        "%s: %d queries in %.1f s (%.2f s/query), Avg %.3f, Gap %.3f",
-        task,
-        len(predictions),
-        seconds,
-        seconds / max(len(predictions), 1),
-        curve.avg,
-        curve.gap,
-    )
-    return TaskRun(predictions, curve, by_length, seconds)
+            asked += mine
+            answers += tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return task_run(task, asked, answers, bin_size, time.perf_counter() - started)
 
 
 def probe_model(
@@ -338,12 +289,3 @@ def probe_model(
             params.bin_size,
         )
     return runs
-
-
-def scores_summary(runs: Mapping[str, TaskRun]) -> dict[str, object]:
-    """`scores.json`: each task's curve, Avg and Gap (with those of each context length under
-    `by_length`), plus the paper's "All" column."""
-    return summary(
-        {task: run.curve for task, run in runs.items()},
-        {task: run.by_length for task, run in runs.items()},
-    )

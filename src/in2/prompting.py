@@ -42,6 +42,12 @@ class PromptTemplate:
         return self.before_context + context + self.between + question + self.after_question
 
 
+def user_message(context: str, question: str) -> str:
+    """The FILM instruction around a context and a question: the user turn of the `chat` format,
+    and the whole message an API model gets (its server applies the model's chat template)."""
+    return INSTRUCTION_HEAD + context + INSTRUCTION_MID + question
+
+
 def prompt_template(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat) -> PromptTemplate:
     """Split the chosen template at the context and the question."""
     eos = tokenizer.eos_token or ""
@@ -58,7 +64,7 @@ def prompt_template(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat) -> Pr
             "prompt_format 'chat' needs a tokenizer with a chat template; "
             "this one has none: use prompt_format: film"
         )
-    user = INSTRUCTION_HEAD + _CTX + INSTRUCTION_MID + _Q
+    user = user_message(_CTX, _Q)
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
     )

@@ -17,7 +17,6 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,7 +26,9 @@ from in2.openai_batch import run_batch
 from in2.openai_client import (
     ApiStats,
     ChatRequest,
+    Pricing,
     ResponseCache,
+    cache_root,
     chat_request,
     endpoint_url,
     make_client,
@@ -192,12 +193,6 @@ class _Job:
     request: ChatRequest
 
 
-def cache_root(params: OpenAIQAParams) -> Path:
-    """The response cache folder; a relative path is anchored at the repository root."""
-    path = Path(params.cache_dir)
-    return path if path.is_absolute() else repo_root() / path
-
-
 def generate_openai_qa(
     segments: pd.DataFrame, params: QAParams, seed: int
 ) -> tuple[pd.DataFrame, QAStats]:
@@ -222,7 +217,7 @@ def generate_openai_qa(
     cache = ResponseCache(cache_root(p))
     api = ApiStats(mode=p.mode)
     count = token_counter(repo_root() / BASE_DIR / "tokenizer.json")
-    work = plan([j.request for j in jobs], cache, p, count)
+    work = plan([j.request for j in jobs], cache, Pricing.of(p, batch=p.mode == "batch"), count)
     api.cached = work.cached
     api.estimated_cost_usd = round(work.typical_cost, 6)
     api.estimated_max_cost_usd = round(work.max_cost, 6)
