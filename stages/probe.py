@@ -15,6 +15,7 @@ from in2.outputs import atomic_dir, write_json, write_jsonl
 from in2.probe_openai import probe_endpoint
 from in2.probe_results import scores_summary
 from in2.probe_runner import probe_model
+from in2.report import plot_curves, plot_heatmap
 from in2.stage import log, run_stage
 from in2.tracking import mlflow_run
 
@@ -56,12 +57,21 @@ def main(params, args) -> None:
             for step, value in enumerate(run.curve.bins):
                 if value is not None:  # a bin of only ambiguous (skipped) positions
                     mlflow.log_metric(f"{task}_bin_score", value, step=step)
+            for step, value in enumerate(run.strict.bins):
+                if value is not None:
+                    mlflow.log_metric(f"{task}_strict_bin_score", value, step=step)
             mlflow.log_metric(f"{task}_avg", run.curve.avg)
             mlflow.log_metric(f"{task}_gap", run.curve.gap)
+            mlflow.log_metric(f"{task}_strict_avg", run.strict.avg)
+            mlflow.log_metric(f"{task}_strict_gap", run.strict.gap)
             mlflow.log_metric(f"{task}_seconds", run.seconds)
-        mlflow.log_metric("all_avg", scores["all"]["avg"])
-        mlflow.log_metric("all_gap", scores["all"]["gap"])
+        for column in ("all", "all_strict"):
+            mlflow.log_metric(f"{column}_avg", scores[column]["avg"])
+            mlflow.log_metric(f"{column}_gap", scores[column]["gap"])
         mlflow.log_dict(scores, "scores.json")
+        tasks = list(runs)
+        mlflow.log_figure(plot_curves({args.model: scores}, tasks), "probe_curves.png")
+        mlflow.log_figure(plot_heatmap(scores, tasks), "heatmap.png")
         if api is not None:  # what the endpoint was asked and what it cost
             mlflow.log_dict(asdict(api), "api.json")
             for name in ("requests", "cached", "cost_usd", "retry_wait_s"):

@@ -37,6 +37,7 @@ def scores() -> dict:
             "by_length": {"1024": long, "512": short},
         },
         "all": {"avg": 0.875, "gap": 0.25},
+        "all_strict": {"avg": 0.375, "gap": 0.25},
     }
     return {"base": base, "in2": in2}
 
@@ -76,4 +77,9 @@ def test_write_report_writes_the_csv_dvc_plots_read_and_a_heatmap_per_model(
     assert [r["base"] for r in table] == ["1.0", "0.5", ""]
     for model in ("base", "in2"):
         assert (tmp_path / f"heatmap_{model}.png").read_bytes()[:4] == b"\x89PNG"
+    paper, strict = (tmp_path / "scores.md").read_text().split("Strict variants")
+    assert "| in2 | 87.5 / 25.0 | 87.5 / 25.0 |" in paper  # document avg .875, gap .25
+    assert "| base | 75.0 / 50.0 | 75.0 / 50.0 |" in paper
+    assert "| in2 | 37.5 / 25.0 | 37.5 / 25.0 |" in strict
+    assert "| base | – | – |" in strict  # no strict scores recorded for base here
     assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []  # nothing half-written left

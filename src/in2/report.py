@@ -47,15 +47,21 @@ def _pair(entry: Mapping[str, Any] | None) -> str:
     return f"{100 * entry['avg']:.1f} / {100 * entry['gap']:.1f}"
 
 
-def scores_table(scores: Scores, tasks: Sequence[str]) -> str:
-    """Markdown table in the layout of the paper's Table 1 (scores × 100)."""
+def scores_table(scores: Scores, tasks: Sequence[str], strict: bool = False) -> str:
+    """Markdown table in the layout of the paper's Table 1 (scores × 100); `strict`: the same
+    for the strict variants of the metrics (in2.probe_metrics.STRICT)."""
     columns = [*tasks, "all"]
     lines = [
         "| model | " + " | ".join(f"{c.capitalize()} Avg/Gap" for c in columns) + " |",
         "| --- |" + " --- |" * len(columns),
     ]
     for model, entry in scores.items():
-        lines.append(f"| {model} | " + " | ".join(_pair(entry.get(c)) for c in columns) + " |")
+        if strict:
+            cells = [_pair(entry.get(t, {}).get("strict")) for t in tasks]
+            cells.append(_pair(entry.get("all_strict")))
+        else:
+            cells = [_pair(entry.get(c)) for c in columns]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +162,13 @@ def write_report(scores: Scores, tasks: Sequence[str], out_dir: str | Path) -> N
     with atomic_file(out / "probe_curves.png") as tmp:
         plot_curves(scores, tasks).savefig(tmp, format="png", dpi=120)
     with atomic_file(out / "scores.md") as tmp:
-        tmp.write_text("# VaL probing scores (× 100)\n\n" + scores_table(scores, tasks))
+        tmp.write_text(
+            "# VaL probing scores (× 100)\n\nThe paper's metrics:\n\n"
+            + scores_table(scores, tasks)
+            + "\nStrict variants (not the paper's: document recall on the words outside the "
+            "asked piece, database label alone; code unchanged):\n\n"
+            + scores_table(scores, tasks, strict=True)
+        )
     write_json(out / "scores.json", scores)
     for task in tasks:
         rows = position_rows(scores, task)
