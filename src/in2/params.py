@@ -381,7 +381,7 @@ class ProbeParams(_Section):
     context_tokens: list[PositiveInt] = Field(default_factory=lambda: [1024], min_length=1)
     """Target context lengths: `sets_per_task` probe sets per task at each (paper: [32768]).
     A single number is read as a list of one."""
-    sets_per_task: int = Field(2, gt=0)
+    sets_per_task: int = Field(4, gt=0)
     """Independent contexts per task and length (paper: 4)."""
     pieces: str | None = None
     """null: items from offline material (held-out documents, the standard library); else a

@@ -135,13 +135,16 @@ def depth_grid(by_length: Mapping[str, Mapping[str, Any]], n_depths: int) -> tup
     return lengths, grid
 
 
-def plot_heatmap(entry: Mapping[str, Any], tasks: Sequence[str], n_depths: int = 10) -> Figure:
-    """One model: a panel per task, score by depth (x) and context length (y)."""
+def plot_heatmap(entry: Mapping[str, Any], tasks: Sequence[str], max_depths: int = 10) -> Figure:
+    """One model: a panel per task, score by depth (x) and context length (y); at most
+    `max_depths` depth cells, fewer where the shortest context has fewer bins (no empty cells)."""
     fig = Figure(figsize=(5 * len(tasks), 4), layout="constrained")
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     image = None
     for ax, task in zip(axes, tasks, strict=True):
-        lengths, grid = depth_grid(entry[task]["by_length"], n_depths)
+        by_length = entry[task]["by_length"]
+        n_depths = min(max_depths, *(len(c["bins"]) for c in by_length.values()))
+        lengths, grid = depth_grid(by_length, n_depths)
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
         ax.set_xticks(range(n_depths))
         ax.set_xticklabels([f"{100 * (d + 0.5) / n_depths:.0f}%" for d in range(n_depths)])
