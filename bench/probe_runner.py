@@ -4,7 +4,7 @@
                                  [--task document] [--growth 1 4 16 64]
 
 SmolLM2-135M-Instruct from `models/base/` (run `dvc repro base_model corpus` first), fp32, the
-probe task's real data: one context of each length built by `in2.probes.build_task` from the
+probe task's real data: one context of each length built by `in2.probes.build_probes` from the
 held-out documents, its first `--queries` queries (positions spread over the context).
   - shared: `in2.probe_runner.generate_shared`, what the probe stage runs: the context is
     prefilled once and its key/value states serve every query (suffixes batched, 16 per batch);
@@ -65,7 +65,7 @@ def main() -> None:
     from in2.model import load_model, load_tokenizer
     from in2.params import ProbeParams
     from in2.probe_runner import generate_shared
-    from in2.probes import TASKS, ProbeSources, build_task, task_rng
+    from in2.probes import ProbeSources, build_probes
     from in2.prompting import PromptEncoder
 
     hf_logging.set_verbosity_error()
@@ -74,11 +74,9 @@ def main() -> None:
     tokenizer = load_tokenizer(BASE_DIR)
     params = ProbeParams()
     encoder = PromptEncoder.create(tokenizer, params.prompt_format)
-    spec = TASKS[args.task]
     max_new = params.max_new_tokens[args.task]
     stop_ids, pad_id = encoder.stop_ids(), tokenizer.pad_token_id
     sources = ProbeSources(pd.read_parquet(HELDOUT, columns=["title", "text", "description"]))
-    items = spec.load(sources, task_rng(0, args.task))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f}; task {args.task}, max_new_tokens {max_new}"
@@ -88,7 +86,7 @@ def main() -> None:
     print("\n| tokens | queries | shared s (median) | naive s (median) | speed-up | same ids |")
     print("| --- | --- | --- | --- | --- | --- |")
     for length in args.lengths:
-        (probe_set,) = build_task(spec, items, encoder, length, 1, task_rng(0, args.task))
+        (probe_set,) = build_probes(sources, encoder, [args.task], [length], 1, 0)[args.task]
         shared = encoder.prefix() + encoder.context(probe_set.context["text"])
         queries = probe_set.queries
         picked = [queries[round(i)] for i in np.linspace(0, len(queries) - 1, args.queries)]
