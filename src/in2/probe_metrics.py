@@ -50,7 +50,8 @@ def word_recall_beyond_keyword(gold: str, keyword: str, prediction: str) -> floa
 
     Strict variant of `word_recall`: the keyword is ~8 words of the gold sentence, so echoing the
     question back earns ~0.40 recall under the paper's rule (the bare keyword, on the default
-    probes) without retrieving anything. A sentence with no word outside its keyword falls back to plain recall.
+    probes) without retrieving anything. A sentence with no word outside its keyword falls back
+    to plain recall.
     """
     words = set(gold.strip().lower().split())
     beyond = words - set(keyword.strip().lower().split())
