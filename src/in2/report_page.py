@@ -51,7 +51,7 @@ body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222
 h1 { border-bottom: 3px solid #E97132; }
 table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child { text-align: left; white-space: nowrap; }
 thead { background: #f0f0f0; }
 .side { display: flex; gap: 2em; align-items: flex-start; }
 .side > div { flex: 1 1 0; }
@@ -233,8 +233,9 @@ def render_page(
 {_table("run-scores", run_rows(scores, tasks), columns)}</div>
 <div><h3>{PAPER_LABEL} (Table 1)</h3>
 {_table("paper-scores", PAPER_TABLE1, columns)}
-<p class="note">arXiv 2404.16811, Table 1; a different scale (32K-token contexts, 7B models), so
-compare the shape (Gap shrinking after IN2 training), not the values. Base:
+<p class="note">arXiv 2404.16811, Table 1 (transcribed from secondary notes of the paper that
+agree with each other; not re-checked against the PDF). A different scale (32K-token contexts,
+7B models), so compare the shape (Gap shrinking after IN2 training), not the values. Base:
 Mistral-7B-Instruct-v0.2; IN2-trained: FILM-7B.</p></div>
 </div>
 <p class="note">Avg: mean score over position bins; Gap: best bin − worst bin (docs/probing.md).</p>
