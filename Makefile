@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint clean-venv
+.PHONY: setup run test lint clean-venv chromium
 
 setup: $(STAMP)
 
@@ -28,8 +28,15 @@ $(STAMP): requirements.txt requirements-offline-data.txt pyproject.toml
 run: setup
 	dvc repro
 
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest
+
+# Headless Chromium (Debian package) for the report page's screenshot test: installed when missing
+# and run as root; otherwise that test skips and says what to install.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "chromium not installed (needs root and apt): run apt-get install -y chromium"
 
 lint: setup
 	$(BIN)/ruff check .

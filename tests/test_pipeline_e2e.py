@@ -185,6 +185,8 @@ def test_gate_train_and_report_outputs(smoke_repo):
     assert (repo / "reports/probe_curves.png").stat().st_size > 1000
     table = (repo / "reports/scores.md").read_text()
     assert "base" in table and "in2" in table
+    page = (repo / "reports/index.html").read_text()
+    assert 'id="run-scores"' in page and 'id="paper-scores"' in page
 
 
 def test_mlflow_holds_the_runs(smoke_repo):

@@ -1,0 +1,212 @@
+"""The report page on hand-made inputs: its tables hold the run's and the paper's numbers, it is
+self-contained, and headless Chromium renders it to a non-blank screenshot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+from in2.outputs import write_json
+from in2.report_page import PAPER_LABEL, find_run_ids, render_page, write_page
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ["document", "code"]
+
+
+def curve(avg: float, gap: float) -> dict:
+    entry = {"avg": avg, "gap": gap, "bins": [avg + gap / 2, avg - gap / 2]}
+    return {**entry, "bins_std": [0.0, 0.0], "bin_size": 5, "n_queries": 8}
+
+
+@pytest.fixture()
+def scores() -> dict:
+    def model(doc: tuple[float, float], code: tuple[float, float], all_: tuple) -> dict:
+        return {
+            "document": {**curve(*doc), "by_length": {"1024": curve(*doc)}},
+            "code": {**curve(*code), "by_length": {"1024": curve(*code)}},
+            "all": {"avg": all_[0], "gap": all_[1]},
+        }
+
+    return {
+        "base": model((0.303, 0.227), (0.11, 0.25), (0.2065, 0.238)),
+        "in2": model((0.153, 0.55), (0.06, 0.2), (0.1065, 0.375)),
+    }
+
+
+SYNTHESIZE = {
+    "counts": {
+        "train": {"fine_grained": 60, "general": 11, "integration": 16, "short": 9},
+        "val": {"fine_grained": 10, "general": 2, "integration": 3, "short": 1},
+    },
+    "length_hist": {"train": {"256-512": 26, "512-768": 25}, "val": {"256-512": 5, "512-768": 4}},
+    "position_hist": {"train": {"0.0": 6, "0.5": 17}, "val": {"0.0": 0, "0.5": 5}},
+    "tokens": {"train": 47124, "val": 8108},
+}
+GATE = {"success": False, "n_expectations": 55, "n_failed": 1, "failed": ["kind.mix.train"]}
+RUN_IDS = {"train": "a" * 32, "probe-base": "b" * 32, "probe-in2": None}
+
+
+def png(tmp_path: Path, name: str) -> Path:
+    fig = Figure(figsize=(3, 2))
+    fig.subplots().plot([0, 1, 0.5])
+    fig.savefig(tmp_path / name, format="png")
+    return tmp_path / name
+
+
+class Tables(HTMLParser):
+    """Rows of cell texts per table id, and every src / href of the page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.links: list[str] = []
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.links += [v for k, v in attrs if k in ("src", "href") and v]
+        if tag == "table":
+            self._table = a.get("id") or ""
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._table is not None:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse(page: str) -> Tables:
+    tables = Tables()
+    tables.feed(page)
+    return tables
+
+
+def body(tables: Tables, table_id: str) -> dict[str, list[str]]:
+    """Model -> its cells, from a score table (two header rows)."""
+    return {row[0]: row[1:] for row in tables.tables[table_id][2:]}
+
+
+def render(scores: dict, tmp_path: Path) -> Path:
+    figures = [png(tmp_path, "probe_curves.png"), png(tmp_path, "heatmap_base.png")]
+    out = tmp_path / "reports" / "index.html"
+    write_page(scores, TASKS, figures, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db", out)
+    return out
+
+
+def test_page_tables_hold_the_run_and_the_paper_numbers(scores: dict, tmp_path: Path) -> None:
+    page = render(scores, tmp_path).read_text()
+    tables = parse(page)
+    assert tables.tables["run-scores"][0] == ["model", "Document", "Code", "All"]
+    assert body(tables, "run-scores") == {
+        "base": ["30.3", "22.7", "11.0", "25.0", "20.6", "23.8"],
+        "in2": ["15.3", "55.0", "6.0", "20.0", "10.7", "37.5"],
+    }
+    paper = body(tables, "paper-scores")
+    assert paper["Mistral-7B-Instruct-v0.2"] == ["74.2", "32.1", "20.3", "59.5", "47.3", "56.2"]
+    assert paper["FILM-7B"] == ["85.4", "6.1", "83.3", "18.7", "85.9", "13.9"]
+    assert PAPER_LABEL in page and "1,024-token contexts" in page
+    assert tables.tables["mix"][1:] == [
+        ["fine_grained", "60", "10"],
+        ["general", "11", "2"],
+        ["integration", "16", "3"],
+        ["short", "9", "1"],
+        ["total", "96", "16"],
+    ]
+    assert tables.tables["runs"][1:] == [
+        ["train", "a" * 32],
+        ["probe-base", "b" * 32],
+        ["probe-in2", "not found"],
+    ]
+    assert "FAIL" in page and "54 of 55 expectations met" in page and "kind.mix.train" in page
+
+
+def test_page_is_self_contained(scores: dict, tmp_path: Path) -> None:
+    tables = parse(render(scores, tmp_path).read_text())
+    images = [link for link in tables.links if link.startswith("data:image/png;base64,")]
+    assert len(images) == 3  # the two figures given and the data card's histograms
+    assert set(tables.links) - set(images) == {"data_quality/docs/index.html"}  # relative
+
+
+def test_page_marks_a_column_the_run_did_not_probe(scores: dict) -> None:
+    del scores["in2"]["code"]
+    page = render_page(scores, TASKS, {}, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db")
+    assert body(parse(page), "run-scores")["in2"][2:4] == ["–", "–"]
+
+
+def test_find_run_ids_picks_the_newest_finished_run_per_name(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert find_run_ids(uri) == {"train": None, "probe-base": None, "probe-in2": None}
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("in2")
+    runs = {}
+    for start, name, status in ((1, "old", "FINISHED"), (2, "new", "FINISHED"), (3, "x", "FAILED")):
+        run = client.create_run(experiment, start_time=start, run_name="train")
+        client.set_terminated(run.info.run_id, status=status, end_time=start + 1)
+        runs[name] = run.info.run_id
+    assert find_run_ids(uri) == {"train": runs["new"], "probe-base": None, "probe-in2": None}
+
+
+def test_report_stage_names_the_stage_that_builds_a_missing_data_card_input(
+    scores: dict, tmp_path: Path
+) -> None:
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    for model, entry in scores.items():
+        write_json(tmp_path / "results/probe" / model / "scores.json", entry)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages/report.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "metrics/synthesize.json does not exist; run `dvc repro synthesize` first" in out.stderr
+    assert not (tmp_path / "reports").exists()  # nothing written before the inputs are checked
+
+
+def chromium() -> str:
+    """The Chromium binary, or skip naming what to install."""
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip(
+        "Chromium is not installed: `apt-get install -y chromium` (Debian package; `make test` "
+        "installs it when run as root)"
+    )
+
+
+def test_chromium_renders_a_non_blank_page(scores: dict, tmp_path: Path) -> None:
+    browser = chromium()
+    page = render(scores, tmp_path)
+    shot = tmp_path / "shot.png"
+    command = [browser, "--headless", "--disable-gpu", "--hide-scrollbars"]
+    if os.geteuid() == 0:
+        command.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    command += [f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape == (1600, 1200, 3)
+    assert pixels.std() > 20  # not one flat colour
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # text, tables, figures
+    assert body(parse(page.read_text()), "run-scores")["in2"][:2] == ["15.3", "55.0"]
