@@ -1,9 +1,11 @@
 """Shared fixtures: a tiny random-init Llama model with the real SmolLM2 tokenizer, probe data
-for it, and `transformers serve` on loopback."""
+for it, `transformers serve` on loopback, and a temporary copy of the repository on the smoke
+profile for the tests that run the real DVC pipeline."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +23,8 @@ import pytest
 if TYPE_CHECKING:
     import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 PROBE_TASKS = ("document", "database")
 """Tasks of the `probes_dir` fixture."""
 PROBE_CONTEXT_TOKENS = 90
@@ -141,3 +144,51 @@ def transformers_serve(model_dir: Path) -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def run_ok(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a command; fail the test with the tail of its output if it fails."""
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    )
+    return out
+
+
+def smoke_repo_copy(folder: Path) -> tuple[Path, dict[str, str]]:
+    """A git repository at `folder/in2` holding this working tree (tracked + untracked, not
+    ignored) with the smoke profile applied and committed; returns it and the environment to run
+    `dvc` and the stages in: this venv's tools first on PATH, the copy's own `src/` imported (not
+    the venv's editable install), the MLflow store its own `mlflow.db`, nothing online."""
+    repo = folder / "in2"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(repo / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        env.pop(var, None)
+    run_ok(["git", "init", "-q"], repo, env)
+    run_ok(["in2", "profile", "smoke"], repo, env)
+    git_commit(repo, env, "smoke")
+    return repo, env
+
+
+def git_commit(repo: Path, env: dict[str, str], msg: str) -> None:
+    """Commit everything in `repo` (git-ignored DVC outputs stay out)."""
+    run_ok(["git", "add", "-A"], repo, env)
+    run_ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", msg], repo, env)

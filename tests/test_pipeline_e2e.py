@@ -8,60 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import run_ok, smoke_repo_copy
 
-REPO = Path(__file__).resolve().parents[1]
 TASKS = ("document", "code", "database")
 pytestmark = pytest.mark.e2e
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, (
-        f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    )
-    return out
-
-
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
-    """A copy of the working tree (tracked + untracked, not ignored) after `dvc repro`."""
-    repo = tmp_path_factory.mktemp("smoke") / "in2"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "HF_HUB_OFFLINE": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "GX_ANALYTICS_ENABLED": "false",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DVC_ROOT", None)
-    _run(["git", "init", "-q"], repo, env)
-    _run(["in2", "profile", "smoke"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], repo, env)
-    repro = _run(["dvc", "repro"], repo, env)
+    """A copy of the working tree on the smoke profile after `dvc repro`."""
+    repo, env = smoke_repo_copy(tmp_path_factory.mktemp("smoke"))
+    repro = run_ok(["dvc", "repro"], repo, env)
     return repo, env, repro.stdout
 
 
@@ -127,7 +92,7 @@ def test_show_prints_an_example_with_its_gold_segments_marked(smoke_repo):
     repo, env, _ = smoke_repo
     train = pd.read_parquet(repo / "data/in2/train.parquet")
     row = train[train["kind"] == "integration"].iloc[0]
-    shown = _run(["in2", "show", row["example_id"]], repo, env).stdout
+    shown = run_ok(["in2", "show", row["example_id"]], repo, env).stdout
     assert shown.startswith(f"{row['example_id']} [train] kind=integration")
     assert shown.count(">>> GOLD") == len(row["gold_segments"]) == 2
     for slot, seg in zip(row["gold_slots"], row["gold_segments"], strict=True):
@@ -210,8 +175,8 @@ def test_second_repro_is_up_to_date_and_push_works(smoke_repo):
     repo, env, _ = smoke_repo
     data = [repo / "data/in2/train.parquet", repo / "data/in2/val.parquet"]
     before = [hashlib.md5(f.read_bytes()).hexdigest() for f in data]
-    _run(["dvc", "repro", "--force", "--single-item", "synthesize"], repo, env)
+    run_ok(["dvc", "repro", "--force", "--single-item", "synthesize"], repo, env)
     assert [hashlib.md5(f.read_bytes()).hexdigest() for f in data] == before  # deterministic
-    assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo, env).stdout
-    _run(["dvc", "push"], repo, env)
+    assert "Data and pipelines are up to date" in run_ok(["dvc", "repro"], repo, env).stdout
+    run_ok(["dvc", "push"], repo, env)
     assert any((repo / "dvc-storage").rglob("*"))

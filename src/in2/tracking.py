@@ -65,11 +65,34 @@ def mlflow_run(
     """Start an MLflow run with lineage tags and flattened params; yields the `mlflow` module."""
     import mlflow
 
+    own_store = not os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri exports it
     mlflow.set_tracking_uri(tracking_uri())
+    if own_store:
+        _create_experiment_at_root(mlflow)
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=run_name, tags={**lineage_tags(), **(tags or {})}):
         mlflow.log_params(flatten(params))
         yield mlflow
+
+
+def _create_experiment_at_root(mlflow: Any) -> None:
+    """Create the experiment, its artifacts under `<repo root>/mlruns/in2/`, unless it exists.
+
+    Left to `set_experiment`, the artifact location would be `./mlruns` of the current folder:
+    under `dvc exp run --temp` or a queued run that is a temporary copy of the repository,
+    deleted afterwards, and every later run's figures would go there too.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    if mlflow.get_experiment_by_name(EXPERIMENT) is not None:
+        return
+    try:
+        location = str(repo_root() / "mlruns" / EXPERIMENT)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    except MlflowException as err:  # a concurrent queued run created it first
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

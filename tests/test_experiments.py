@@ -1,0 +1,223 @@
+"""`dvc exp run -S` sweeps on the smoke profile, compared with DVC and in a real MLflow server.
+
+After `dvc repro` (the baseline, committed), two experiments change `train.learning_rate`, which
+re-runs train and probe@in2 only: one in the workspace, one with `--temp` (the executor of queued
+runs too). Both must show up in `dvc exp show`, `dvc metrics diff`, `dvc plots diff`, and as
+MLflow runs of the repository's mlflow.db, read through a `mlflow server`'s REST API, with the
+per-position series and the training set's DVC version. See docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import free_port, git_commit, run_ok, smoke_repo_copy
+
+pytestmark = pytest.mark.e2e
+
+EXPERIMENTS = {"lr-3e-4": [], "lr-1e-3": ["--temp"]}
+"""Experiment name -> extra `dvc exp run` flags; the name is also the learning rate."""
+POSITION_PLOTS = [f"reports/positions/{task}.csv" for task in ("document", "code", "database")]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The smoke repository after `dvc repro` (committed) and the two experiments."""
+    repo, env = smoke_repo_copy(tmp_path_factory.mktemp("exp"))
+    run_ok(["dvc", "repro"], repo, env)
+    git_commit(repo, env, "dvc repro")
+    for name, flags in EXPERIMENTS.items():
+        learning_rate = name.removeprefix("lr-")
+        command = [
+            "dvc",
+            "exp",
+            "run",
+            *flags,
+            "-n",
+            name,
+            "-S",
+            f"train.learning_rate={learning_rate}",
+        ]
+        log = run_ok(command, repo, env).stdout
+        assert "Running stage 'train'" in log and "Running stage 'probe@in2'" in log
+        assert "Stage 'probe@base' didn't change, skipping" in log
+    return repo, env
+
+
+@pytest.fixture(scope="module")
+def experiments(sweep: tuple[Path, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Experiment name -> its entry in `dvc exp show --json` (rev, params, metrics, deps)."""
+    repo, env = sweep
+    (baseline,) = [
+        row
+        for row in json.loads(run_ok(["dvc", "exp", "show", "--json"], repo, env).stdout)
+        if row["rev"] != "workspace"
+    ]
+    return {exp["name"]: exp["revs"][0] for exp in baseline["experiments"] or []}
+
+
+@pytest.fixture(scope="module")
+def position_plots(sweep: tuple[Path, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """`dvc plots diff <exp> <exp> --json` of the per-position CSVs: path -> its vega plot."""
+    repo, env = sweep
+    out = run_ok(["dvc", "plots", "diff", *EXPERIMENTS, "--json"], repo, env)
+    data = json.loads(out.stdout)["data"]
+    plots = {}
+    for path in POSITION_PLOTS:
+        (plots[path],) = data[path]  # one chart per CSV, both revisions on it
+    return plots
+
+
+def test_two_experiments_with_their_params_and_scores(experiments):
+    assert set(experiments) == set(EXPERIMENTS)
+    for name, exp in experiments.items():
+        params = exp["data"]["params"]["params.yaml"]["data"]
+        assert params["train"]["learning_rate"] == float(name.removeprefix("lr-"))
+        scores = exp["data"]["metrics"]["results/probe/in2/scores.json"]["data"]
+        assert 0.0 <= scores["document"]["avg"] <= 1.0
+
+
+def test_metrics_diff_baseline_and_experiments(sweep):
+    repo, env = sweep
+    diff = json.loads(
+        run_ok(["dvc", "metrics", "diff", *EXPERIMENTS, "--all", "--json"], repo, env).stdout
+    )
+    for key in ("document.avg", "document.gap", "code.avg", "database.avg", "all.avg"):
+        assert key in diff["results/probe/in2/scores.json"]
+        assert f"base.{key}" in diff["reports/scores.json"]  # base and trained side by side
+        assert f"in2.{key}" in diff["reports/scores.json"]
+    val_loss = diff["metrics/train.json"]["val_loss"]
+    assert val_loss["old"] != val_loss["new"]  # another learning rate, another model
+    # The baseline commit (learning rate 1e-4) against an experiment: only what changed.
+    changed = json.loads(
+        run_ok(["dvc", "metrics", "diff", "HEAD", "lr-1e-3", "--json"], repo, env).stdout
+    )
+    assert "val_loss" in changed["metrics/train.json"]
+    assert "results/probe/base/scores.json" not in changed  # the base model was not re-probed
+
+
+def test_plots_diff_overlays_both_experiments(position_plots):
+    for path, plot in position_plots.items():
+        assert plot["type"] == "vega" and plot["revisions"] == list(EXPERIMENTS), path
+        rows = plot["content"]["data"]["values"]
+        lines = {(row["rev"], row["field"]) for row in rows}
+        fields = ("base", "in2", "base_strict", "in2_strict")
+        assert lines == {(rev, field) for rev in EXPERIMENTS for field in fields}, path
+
+
+def _rest(base: str, endpoint: str, body: dict[str, Any] | None = None, **query: str) -> Any:
+    url = f"{base}/api/2.0/mlflow/{endpoint}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(
+    sweep: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`mlflow server` (this venv's) on a free loopback port over the repository's mlflow.db;
+    yields its URL. Skips the tests that use it only if it cannot start here."""
+    repo, env = sweep
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri"]
+    command += [f"sqlite:///{repo / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", "1"]
+    with (folder / "server.log").open("wb") as log:
+        # Its own process group: the server runs uvicorn (and a job runner) as children.
+        proc = subprocess.Popen(
+            command,
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                tail = (folder / "server.log").read_text(errors="replace")[-2000:]
+                pytest.skip(f"`mlflow server` exited with code {proc.returncode}: {tail}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.skip("`mlflow server` did not answer /health within 120 s")
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_mlflow_server_shows_both_experiments_runs(
+    sweep, experiments, position_plots, mlflow_server
+):
+    repo, env = sweep
+    experiment_id = _rest(mlflow_server, "experiments/get-by-name", experiment_name="in2")[
+        "experiment"
+    ]["experiment_id"]
+    document = position_plots["reports/positions/document.csv"]["content"]["data"]["values"]
+    for name, exp in experiments.items():
+        found = _rest(
+            mlflow_server,
+            "runs/search",
+            {"experiment_ids": [experiment_id], "filter": f"tags.dvc_exp_name = '{name}'"},
+        )
+        runs = {run["info"]["run_name"]: run for run in found["runs"]}
+        assert set(runs) == {"train", "probe-in2"}, name  # only the stages the sweep re-ran
+        assert all(run["info"]["status"] == "FINISHED" for run in runs.values())
+
+        # The per-position series, one point per bin, is the curve DVC plots for this experiment.
+        probe_id = runs["probe-in2"]["info"]["run_id"]
+        history = _rest(
+            mlflow_server, "metrics/get-history", run_id=probe_id, metric_key="document_bin_score"
+        )["metrics"]
+        curve = {
+            int(row["bin"]): float(row["in2"])
+            for row in document
+            if row["rev"] == name and row["field"] == "in2"
+        }
+        assert {point["step"]: point["value"] for point in history} == pytest.approx(curve)
+        assert len(curve) >= 2
+        strict = _rest(
+            mlflow_server,
+            "metrics/get-history",
+            run_id=probe_id,
+            metric_key="document_strict_bin_score",
+        )["metrics"]
+        assert [point["step"] for point in strict] == sorted(curve)
+        artifacts = _rest(mlflow_server, "artifacts/list", run_id=probe_id)["files"]
+        assert {"scores.json", "probe_curves.png"} <= {f["path"] for f in artifacts}
+
+        # The training set: its digest is the DVC md5 of data/in2 in this experiment's dvc.lock.
+        lock = yaml.safe_load(run_ok(["git", "show", f"{exp['rev']}:dvc.lock"], repo, env).stdout)
+        (data_in2,) = [d for d in lock["stages"]["train"]["deps"] if d["path"] == "data/in2"]
+        (dataset_input,) = runs["train"]["inputs"]["dataset_inputs"]
+        assert dataset_input["dataset"]["digest"] == data_in2["md5"]
+        assert dataset_input["dataset"]["name"] == "data/in2/train.parquet"
+        train_params = {p["key"]: p["value"] for p in runs["train"]["data"]["params"]}
+        assert float(train_params["train.learning_rate"]) == float(name.removeprefix("lr-"))
