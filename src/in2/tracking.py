@@ -38,9 +38,11 @@ def repo_root() -> Path:
     return here
 
 
-def tracking_uri() -> str:
+def tracking_uri(root: Path | None = None) -> str:
     """`MLFLOW_TRACKING_URI` if set, else a SQLite store at the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+    )
 
 
 def _git(*args: str) -> str | None:
