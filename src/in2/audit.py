@@ -325,7 +325,8 @@ def _problem(a: Artefact) -> str | None:
     if a.md5 is None:
         return f"{a.step} ({a.path}): no md5 recorded ({a.source})"
     restore = (
-        "restore it with `dvc checkout` at the run's revision"
+        f"the DVC cache holds it: `git checkout REV -- {LOCK} && dvc checkout {a.path}`, REV "
+        f"being a revision whose {LOCK} records it (`in2 audit data` lists them)"
         if a.cache == "present"
         else "it is not in the DVC cache either (`dvc pull` it from the remote)"
     )
