@@ -25,13 +25,13 @@ from in2.tracking import mlflow_run, stage_inputs
 REPO = Path(__file__).resolve().parents[1]
 SYNTH = """\
 import json, pathlib, yaml
-from in2.tracking import lineage_tags
+from in2.tracking import lineage_tags, stage_inputs
 version = yaml.safe_load(open("params.yaml"))["synthesize"]["version"]
 pathlib.Path("data/in2").mkdir(parents=True, exist_ok=True)
 pathlib.Path("data/in2/train.parquet").write_text(f"train rows v{version}")
 pathlib.Path("data/in2/val.parquet").write_text(f"val rows v{version}")
 counts = {"train": {"fine_grained": 6 * version, "integration": 2}, "val": {"general": 1}}
-stats = {"counts": counts, "lineage": lineage_tags()}
+stats = {"counts": counts, "lineage": lineage_tags(), "inputs": stage_inputs("synthesize")}
 pathlib.Path("metrics/synthesize.json").write_text(json.dumps(stats))
 """
 DVC_YAML = f"""\
@@ -214,7 +214,8 @@ def test_audit_data_lists_committed_versions(repo: Path, capsys) -> None:
 
 def test_audit_data_lists_experiments(repo: Path, capsys) -> None:
     """A real `dvc exp run`: its stage sees DVC_EXP_NAME / DVC_EXP_BASELINE_REV (the lineage
-    tags) and its dataset version is listed from the experiment's commit."""
+    tags), reads its deps from DVC while DVC runs it, and its dataset version is listed from
+    the experiment's commit."""
     baseline = _git(repo, "rev-parse", "HEAD").strip()
     _dvc(repo, "exp", "run", "-n", "more-fine", "-S", "synthesize.version=3", "synthesize")
 
@@ -224,6 +225,7 @@ def test_audit_data_lists_experiments(repo: Path, capsys) -> None:
     assert stats["lineage"]["dvc_exp_name"] == "more-fine"
     assert stats["lineage"]["dvc_exp_baseline_rev"] == baseline
     assert stats["lineage"]["dvc_stage"] == "synthesize"
+    assert stats["inputs"] == ["synth.py", "data/corpus/train.parquet", "data/segments", "data/qa"]
     exp = next(v for v in report["versions"] if v["source"] == "experiment")
     assert exp["label"] == f"exp more-fine (baseline {baseline[:7]})"
     assert exp["dataset_md5"] == path_md5(repo / "data/in2")
