@@ -76,13 +76,18 @@ def lineage_tags() -> dict[str, str]:
 
 def stage_inputs(stage: str) -> list[str]:
     """The file and folder deps of a `dvc.yaml` stage (e.g. "train", "probe@in2"), as DVC
-    resolves them (foreach items included); params are logged as MLflow params instead."""
+    resolves them (foreach items included); params are logged as MLflow params instead.
+
+    Read from the working directory, not `DVC_ROOT`: DVC runs a stage in its wdir, which under
+    `dvc exp run --temp` / `--queue` is the executor's copy of the repo, while `DVC_ROOT` names
+    the main repo (dvc/repo/experiments/queue/base.py), whose files may differ.
+    """
     from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
-        with Repo(str(repo_root())) as repo:
+        with Repo() as repo:  # the repo around the working directory
             (resolved,) = repo.stage.collect(stage)
     except DvcException as err:  # a script run by hand outside the repo: nothing to tag
         log.warning("no input.* tags: stage %s not found in a DVC repo (%s)", stage, err)
@@ -91,9 +96,9 @@ def stage_inputs(stage: str) -> list[str]:
 
 
 def input_tags(paths: Iterable[str | Path]) -> dict[str, str]:
-    """`input.<path>` = DVC's md5 of each path that exists (paths relative to the repo root)."""
-    root = repo_root()
-    return {f"input.{Path(p).as_posix()}": path_md5(root / p) for p in paths if (root / p).exists()}
+    """`input.<path>` = DVC's md5 of each path that exists, relative to the working directory
+    (where the stage read it; see `stage_inputs`)."""
+    return {f"input.{Path(p).as_posix()}": path_md5(Path(p)) for p in paths if Path(p).exists()}
 
 
 @contextmanager
@@ -132,7 +137,7 @@ def log_dataset(mlflow: Any, path: str | Path, context: str) -> None:
     bytes), digest = DVC's md5 of the folder (MLflow's own digest would not match dvc.lock)."""
     import pandas as pd
 
-    folder = repo_root() / path
+    folder = Path(path)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     frame = pd.DataFrame(
         {
