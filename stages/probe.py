@@ -4,12 +4,15 @@
 in2.probe_runner); `--model api` probes the model behind the OpenAI-compatible endpoint of
 `probe.openai` (API runner, in2.probe_openai; not in the default pipeline, see docs/probing.md).
 All read the same data/probes/ and write the same files, so their curves compare position by
-position.
+position. The MLflow run names what it evaluated: `input.<path>` md5 tags, `checkpoint_md5`, and
+for models/in2 the `train_run_id` that made it (from its trainer_state.json; docs/lineage.md).
 """
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
+from in2.fingerprint import path_md5
 from in2.model import BASE_DIR, load_model, load_tokenizer
 from in2.outputs import atomic_dir, write_json, write_jsonl
 from in2.probe_openai import probe_endpoint
@@ -17,7 +20,7 @@ from in2.probe_results import scores_summary
 from in2.probe_runner import probe_model
 from in2.report import plot_curves, plot_heatmap
 from in2.stage import log, run_stage
-from in2.tracking import mlflow_run
+from in2.tracking import input_tags, log_dataset, mlflow_run, stage_inputs
 
 PROBES = Path("data/probes")
 MAKER = {"base": "base_model", "in2": "train"}
@@ -52,7 +55,11 @@ def main(params, args) -> None:
         write_json(tmp / "scores.json", scores)
     log.info("wrote %s", out)
 
+    tags |= lineage(args.model, model_dir) | {
+        f"output.{out.as_posix()}/scores.json": path_md5(out / "scores.json")
+    }
     with mlflow_run(f"probe-{args.model}", params=logged, tags=tags) as mlflow:
+        log_dataset(mlflow, PROBES, context="evaluation")
         for task, run in runs.items():
             for step, value in enumerate(run.curve.bins):
                 if value is not None:  # a bin of only ambiguous (skipped) positions
@@ -76,6 +83,19 @@ def main(params, args) -> None:
             mlflow.log_dict(asdict(api), "api.json")
             for name in ("requests", "cached", "cost_usd", "retry_wait_s"):
                 mlflow.log_metric(f"api_{name}", getattr(api, name))
+
+
+def lineage(model: str, model_dir: Path) -> dict[str, str]:
+    """Tags naming what this run evaluated: the md5 of each input (as `dvc.lock` records it),
+    the checkpoint's md5 and, for a trained checkpoint, the MLflow run that trained it."""
+    if model == API:
+        return input_tags([PROBES])
+    tags = input_tags(stage_inputs(f"probe@{model}") or [PROBES, model_dir])
+    tags["checkpoint_md5"] = tags[f"input.{model_dir.as_posix()}"]
+    state = model_dir / "trainer_state.json"
+    if state.is_file() and (run_id := json.loads(state.read_text()).get("mlflow_run_id")):
+        tags["train_run_id"] = run_id
+    return tags
 
 
 if __name__ == "__main__":

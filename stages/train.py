@@ -9,6 +9,7 @@ from in2.model import load_model, load_tokenizer
 from in2.prompting import PromptEncoder
 from in2.segments import SegmentStore
 from in2.stage import log, run_stage
+from in2.tracking import stage_inputs
 from in2.training import TrainOutputs, init_distributed, require_passed_gate, train
 
 BASE = Path("models/base")
@@ -40,7 +41,15 @@ def main(params, args) -> None:
         len(val_examples),
     )
     train(
-        model, tokenizer, encoder, train_examples, val_examples, params, TrainOutputs(), dataset_md5
+        model,
+        tokenizer,
+        encoder,
+        train_examples,
+        val_examples,
+        params,
+        TrainOutputs(),
+        dataset_md5,
+        inputs=stage_inputs("train"),
     )
     state.destroy_process_group()  # a clean exit under torchrun / accelerate launch
 

@@ -20,7 +20,7 @@ from in2.params import Params
 from in2.quality import validate_dataset
 from in2.segments import SegmentStore
 from in2.stage import run_stage
-from in2.tracking import mlflow_run
+from in2.tracking import mlflow_run, stage_inputs
 
 log = logging.getLogger("in2.validate")
 DATA = [Path("data/in2/train.parquet"), Path("data/in2/val.parquet")]
@@ -68,7 +68,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
             "decontam_ngram": params.synthesize.decontam_ngram,
         },
     }
-    with mlflow_run("validate", params=logged, tags={"dataset_md5": fingerprint["md5"]}) as mlflow:
+    with mlflow_run(
+        "validate",
+        params=logged,
+        tags={"dataset_md5": fingerprint["md5"]},
+        inputs=stage_inputs("validate"),
+    ) as mlflow:
         mlflow.log_dict(summary, "data_quality_summary.json")
         mlflow.log_metrics(report.metrics())
 

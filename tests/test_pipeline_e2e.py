@@ -171,6 +171,30 @@ def test_mlflow_holds_the_runs(smoke_repo):
     assert losses >= 2
 
 
+def test_audit_traces_the_probe_run_to_dvc_lock(smoke_repo):
+    """`in2 audit run` on the real probe-in2 run: every link's md5 is the one dvc.lock records,
+    each matches the workspace, and the gate passed."""
+    repo, env, _ = smoke_repo
+    db = sqlite3.connect(repo / "mlflow.db")
+    (run_id,) = db.execute("select run_uuid from runs where name = 'probe-in2'").fetchone()
+    report = json.loads(_run(["in2", "audit", "run", run_id, "--json"], repo, env).stdout)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    outs = {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
+    chain = {a["path"]: a for a in report["chain"]}
+    assert list(chain) == [
+        "data/corpus/train.parquet",
+        "data/segments",
+        "data/qa",
+        "data/in2",
+        "models/in2",
+        "results/probe/in2/scores.json",
+    ]
+    assert {path: a["md5"] for path, a in chain.items()} == {path: outs[path] for path in chain}
+    assert report["problems"] == [] and {a["workspace"] for a in chain.values()} == {"match"}
+    assert chain["data/in2"]["note"].startswith("gate passed (validate run")
+    assert report["train_run_id"] and report["run"]["tags"]["dvc_stage"] == "probe@in2"
+
+
 def test_second_repro_is_up_to_date_and_push_works(smoke_repo):
     repo, env, _ = smoke_repo
     data = [repo / "data/in2/train.parquet", repo / "data/in2/val.parquet"]

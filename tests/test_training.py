@@ -270,6 +270,7 @@ def test_tiny_end_to_end_run(
     saved = sorted(p for p in outputs.model_dir.rglob("*") if p.is_file())
     assert run["tags.checkpoint_md5"] == dataset_fingerprint(saved)["md5"]
     assert run["tags.checkpoint_path"] == str(outputs.model_dir)
+    assert state["mlflow_run_id"] == run["run_id"]  # a probe run of it names this run
 
 
 def test_precision_param_maps_to_accelerate():

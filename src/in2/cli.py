@@ -4,11 +4,15 @@ in2 profile NAME     merge configs/profiles/NAME.yaml into params.yaml (validate
 in2 show EXAMPLE_ID  decode one IN2 example: its context with the gold segments marked
 in2 score-official   score a prediction file of the paper's released probes (VaLProbing-32K)
                      with our metrics; writes a scores.json like the probe stage's
+in2 audit run ID     the chain corpus -> ... -> probe scores of an MLflow run, each md5 checked
+                     against the workspace and the DVC cache (docs/lineage.md)
+in2 audit data       the versions of data/in2 in git history and DVC experiments, mix and gate
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -114,6 +118,19 @@ def score_official_cmd(args: argparse.Namespace) -> str:
     )
 
 
+def audit_cmd(args: argparse.Namespace) -> str:
+    """`in2 audit run|data`: the report as text, or as JSON with --json."""
+    from in2 import audit
+    from in2.tracking import repo_root
+
+    root = repo_root()
+    if args.audit == "run":
+        report = audit.audit_run(args.run_id, root)
+        return json.dumps(report, indent=2) if args.json else audit.format_run(report)
+    report = audit.audit_data(root)
+    return json.dumps(report, indent=2) if args.json else audit.format_data(report)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="in2", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--skip", type=Path, help="the task's <stem>_skip_list.json")
     o.add_argument("--bin-size", type=_positive_int, default=50)
     o.add_argument("--out", type=Path, required=True, help="scores.json to write")
+    a = sub.add_parser("audit", help="trace a run to its data; list the dataset versions")
+    audit_sub = a.add_subparsers(dest="audit", required=True)
+    ar = audit_sub.add_parser("run", help="the lineage of one MLflow run, checked")
+    ar.add_argument("run_id")
+    ar.add_argument("--json", action="store_true", help="print the report as JSON")
+    ad = audit_sub.add_parser("data", help="data/in2 versions across git and DVC experiments")
+    ad.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
         if args.command == "profile":
@@ -139,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.params}: profile '{args.name}' applied; changed: {', '.join(changed)}")
         elif args.command == "show":
             print(show_example(args.example_id))
+        elif args.command == "audit":
+            print(audit_cmd(args))
         else:
             print(score_official_cmd(args))
     except (InputError, FileNotFoundError) as err:

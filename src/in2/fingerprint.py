@@ -24,12 +24,23 @@ def dataset_fingerprint(paths: Iterable[Path]) -> dict[str, Any]:
     paths = [Path(p) for p in paths]
     files = {str(p): file_md5(p) for p in paths}
     folder = Path(os.path.commonpath([p.parent for p in paths]))
-    listing = sorted(
-        ({"md5": files[str(p)], "relpath": p.relative_to(folder).as_posix()} for p in paths),
-        key=lambda entry: entry["relpath"],
-    )
+    md5 = _dir_md5({p.relative_to(folder).as_posix(): files[str(p)] for p in paths})
+    return {"md5": md5, "md5_of": f"{folder} as DVC hashes it", "files": files}
+
+
+def path_md5(path: Path) -> str:
+    """DVC's md5 of a file or a whole folder, as `dvc.lock` records it for a dep or an out."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return _dir_md5({p.relative_to(path).as_posix(): file_md5(p) for p in files})
+    return file_md5(path)
+
+
+def _dir_md5(md5_by_relpath: dict[str, str]) -> str:
+    listing = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(md5_by_relpath.items())]
     digest = hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest()
-    return {"md5": f"{digest}.dir", "md5_of": f"{folder} as DVC hashes it", "files": files}
+    return f"{digest}.dir"
 
 
 def file_md5(path: Path) -> str:

@@ -3,6 +3,10 @@
 The store is anchored at the repository root (`DVC_ROOT`, which DVC sets for every stage, also
 under `dvc exp run --temp` and queued experiments), so every run of every experiment lands in the
 same `mlflow.db` and compares in one UI. `MLFLOW_TRACKING_URI` overrides it (a team server).
+
+Every run is tagged with what it ran on (git commit, dirty flag, DVC stage and experiment) and
+with `input.<path>` = DVC's md5 of each file or folder it read, equal to the md5 `dvc.lock`
+records for that dep, so `in2 audit run` can walk back from a run to its data (docs/lineage.md).
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from in2.fingerprint import path_md5
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +38,11 @@ def repo_root() -> Path:
     return here
 
 
-def tracking_uri() -> str:
+def tracking_uri(root: Path | None = None) -> str:
     """`MLFLOW_TRACKING_URI` if set, else a SQLite store at the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+    )
 
 
 def _git(*args: str) -> str | None:
@@ -47,7 +56,12 @@ def _git(*args: str) -> str | None:
 
 
 def lineage_tags() -> dict[str, str]:
-    """Git commit, dirty flag and the DVC stage / experiment this process runs in."""
+    """Git commit, dirty flag and the DVC stage / experiment this process runs in.
+
+    DVC 3.67 sets `DVC_STAGE` for every stage command (dvc/stage/run.py, `prepare_kwargs`) and,
+    for `dvc exp run` (also --temp and --queue), `DVC_EXP_NAME` and `DVC_EXP_BASELINE_REV`, the
+    commit the experiment is based on (dvc/repo/experiments/queue/base.py; names in dvc/env.py).
+    """
     tags = {
         "git_commit": _git("rev-parse", "HEAD") or "unknown",
         "git_dirty": str(bool(_git("status", "--porcelain"))).lower(),
@@ -55,14 +69,47 @@ def lineage_tags() -> dict[str, str]:
     }
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = exp
+    if baseline := os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_exp_baseline_rev"] = baseline
     return tags
+
+
+def stage_inputs(stage: str) -> list[str]:
+    """The file and folder deps of a `dvc.yaml` stage (e.g. "train", "probe@in2"), as DVC
+    resolves them (foreach items included); params are logged as MLflow params instead.
+
+    Read from the working directory, not `DVC_ROOT`: DVC runs a stage in its wdir, which under
+    `dvc exp run --temp` / `--queue` is the executor's copy of the repo, while `DVC_ROOT` names
+    the main repo (dvc/repo/experiments/queue/base.py), whose files may differ.
+    """
+    from dvc.dependency.param import ParamsDependency
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo() as repo:  # the repo around the working directory
+            (resolved,) = repo.stage.collect(stage)
+    except DvcException as err:  # a script run by hand outside the repo: nothing to tag
+        log.warning("no input.* tags: stage %s not found in a DVC repo (%s)", stage, err)
+        return []
+    return [d.def_path for d in resolved.deps if not isinstance(d, ParamsDependency)]
+
+
+def input_tags(paths: Iterable[str | Path]) -> dict[str, str]:
+    """`input.<path>` = DVC's md5 of each path that exists, relative to the working directory
+    (where the stage read it; see `stage_inputs`)."""
+    return {f"input.{Path(p).as_posix()}": path_md5(Path(p)) for p in paths if Path(p).exists()}
 
 
 @contextmanager
 def mlflow_run(
-    run_name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+    inputs: Iterable[str | Path] = (),
 ) -> Iterator[Any]:
-    """Start an MLflow run with lineage tags and flattened params; yields the `mlflow` module."""
+    """Start an MLflow run with lineage tags, the md5 of each of `inputs` and flattened params;
+    yields the `mlflow` module."""
     import mlflow
 
     own_store = not os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri exports it
@@ -70,7 +117,8 @@ def mlflow_run(
     if own_store:
         _create_experiment_at_root(mlflow)
     mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=run_name, tags={**lineage_tags(), **(tags or {})}):
+    all_tags = {**lineage_tags(), **input_tags(inputs), **(tags or {})}
+    with mlflow.start_run(run_name=run_name, tags=all_tags):
         mlflow.log_params(flatten(params))
         yield mlflow
 
@@ -105,3 +153,27 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def log_dataset(mlflow: Any, path: str | Path, context: str) -> None:
+    """Log a DVC-tracked folder as an MLflow dataset input: one row per file (relpath, md5,
+    bytes), digest = DVC's md5 of the folder (MLflow's own digest would not match dvc.lock)."""
+    import pandas as pd
+
+    folder = Path(path)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    frame = pd.DataFrame(
+        {
+            "relpath": [p.relative_to(folder).as_posix() for p in files],
+            "md5": [path_md5(p) for p in files],
+            "bytes": [p.stat().st_size for p in files],
+        }
+    )
+    with warnings.catch_warnings():
+        # MLflow warns that a local path matches two equivalent source classes and that integer
+        # columns cannot hold missing values; neither matters for a record of the input.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            frame, source=str(path), name=str(path), digest=path_md5(folder)
+        )
+        mlflow.log_input(dataset, context=context)

@@ -353,8 +353,10 @@ def train(
     params: Params,
     outputs: TrainOutputs = TrainOutputs(),
     dataset_md5: str | None = None,
+    inputs: Sequence[str] = (),
 ) -> TrainResult:
-    """Train `lm` in place, evaluate, record an MLflow run and write the checkpoint and metrics."""
+    """Train `lm` in place, evaluate, record an MLflow run (tagged with the md5 of each of
+    `inputs`) and write the checkpoint and metrics."""
     tp = params.train
     set_seed(tp.seed)
     accelerator = Accelerator(
@@ -420,7 +422,8 @@ def train(
     main = accelerator.is_main_process
     run_params = {"train": tp.model_dump(), "model": params.model.model_dump()}
     tags = {"dataset_md5": dataset_md5} if dataset_md5 else {}
-    with mlflow_run("train", params=run_params, tags=tags) if main else nullcontext() as mlflow:
+    run = mlflow_run("train", params=run_params, tags=tags, inputs=inputs)
+    with run if main else nullcontext() as mlflow:
         if mlflow:
             log_training_data(mlflow, train_examples, dataset_md5)
             mlflow.log_params(
@@ -469,7 +472,8 @@ def train(
                 for key, tensor in state.items()
                 if (name := key.removeprefix("lm.")) not in tied
             }
-            write_outputs(lm, weights, tokenizer, result, params, outputs, dataset_md5)
+            run_id = mlflow.active_run().info.run_id
+            write_outputs(lm, weights, tokenizer, result, params, outputs, dataset_md5, run_id)
         accelerator.wait_for_everyone()
         if mlflow:
             files = sorted(p for p in outputs.model_dir.rglob("*") if p.is_file())
@@ -510,10 +514,13 @@ def _summary_metrics(result: TrainResult) -> dict[str, float]:
     return metrics
 
 
-def trainer_state(result: TrainResult, params: Params, dataset_md5: str | None) -> dict[str, Any]:
-    """What the checkpoint was trained with and how it went; no timings, so it hashes the same
-    for the same params and data."""
+def trainer_state(
+    result: TrainResult, params: Params, dataset_md5: str | None, mlflow_run_id: str | None
+) -> dict[str, Any]:
+    """What the checkpoint was trained with and how it went, and the MLflow run that made it (a
+    probe run names that run: docs/lineage.md); no timings."""
     return {
+        "mlflow_run_id": mlflow_run_id,
         "optimizer_steps": len(result.history),
         "examples_seen": result.plan.optimizer_steps * result.plan.global_batch_size,
         "final_train_loss": result.final_loss,
@@ -534,12 +541,15 @@ def write_outputs(
     params: Params,
     outputs: TrainOutputs,
     dataset_md5: str | None,
+    mlflow_run_id: str | None,
 ) -> None:
     """Checkpoint folder (`lm`'s config with `weights`), metrics JSON and the loss curve CSV,
     each written atomically."""
     with atomic_dir(outputs.model_dir) as out:
         save_model(lm, tokenizer, out, state_dict=weights)
-        write_json(out / "trainer_state.json", trainer_state(result, params, dataset_md5))
+        write_json(
+            out / "trainer_state.json", trainer_state(result, params, dataset_md5, mlflow_run_id)
+        )
     metrics = {
         "final_train_loss": result.final_loss,
         "val_loss": result.val_loss,
