@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,6 +114,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_healthy(
+    proc: subprocess.Popen, url: str, name: str, timeout_s: float, log_tail: Callable[[], str]
+) -> None:
+    """Return once `url`/health answers; skip the test (with the server's log tail) if the
+    server exits first or does not answer within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.skip(f"`{name}` exited with code {proc.returncode}: {log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.skip(f"`{name}` did not answer /health within {timeout_s} s")
+            time.sleep(0.5)
+
+
 @contextmanager
 def transformers_serve(model_dir: Path) -> Iterator[str]:
     """`transformers serve` of `model_dir` on a free loopback port, offline; yields its /v1 URL.
@@ -125,18 +143,13 @@ def transformers_serve(model_dir: Path) -> Iterator[str]:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                log = proc.stdout.read().decode(errors="replace")[-2000:] if proc.stdout else ""
-                pytest.skip(f"`transformers serve` exited with code {proc.returncode}: {log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.skip("`transformers serve` did not answer /health within 90 s")
-                time.sleep(0.5)
+        wait_until_healthy(
+            proc,
+            f"http://127.0.0.1:{port}",
+            "transformers serve",
+            90,
+            lambda: proc.stdout.read().decode(errors="replace")[-2000:] if proc.stdout else "",
+        )
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port, git_commit, run_ok, smoke_repo_copy
+from conftest import free_port, git_commit, run_ok, smoke_repo_copy, wait_until_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -151,18 +150,13 @@ def mlflow_server(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                tail = (folder / "server.log").read_text(errors="replace")[-2000:]
-                pytest.skip(f"`mlflow server` exited with code {proc.returncode}: {tail}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.skip("`mlflow server` did not answer /health within 120 s")
-                time.sleep(0.5)
+        wait_until_healthy(
+            proc,
+            url,
+            "mlflow server",
+            120,
+            lambda: (folder / "server.log").read_text(errors="replace")[-2000:],
+        )
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -177,7 +177,7 @@ def test_audit_traces_the_probe_run_to_dvc_lock(smoke_repo):
     repo, env, _ = smoke_repo
     db = sqlite3.connect(repo / "mlflow.db")
     (run_id,) = db.execute("select run_uuid from runs where name = 'probe-in2'").fetchone()
-    report = json.loads(_run(["in2", "audit", "run", run_id, "--json"], repo, env).stdout)
+    report = json.loads(run_ok(["in2", "audit", "run", run_id, "--json"], repo, env).stdout)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     outs = {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
     chain = {a["path"]: a for a in report["chain"]}
