@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -409,21 +410,38 @@ def test_a_killed_run_resumes_with_the_same_loss_curve(
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_a_checkpoint_that_does_not_match_its_hashes_is_refused(tmp_path: Path) -> None:
-    from in2.checkpoints import MANIFEST, verify
-
-    ckpt = tmp_path / "step-000004"
-    ckpt.mkdir()
-    (ckpt / "model.safetensors").write_bytes(b"weights")
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path: Path, caplog) -> None:
+    """Changed, truncated or missing files, or an unreadable manifest: the checkpoint is skipped
+    with a warning naming it and the file, and the run resumes from the newest intact one."""
+    from in2.checkpoints import MANIFEST, Checkpoints, verify
     from in2.fingerprint import file_md5
 
-    (ckpt / MANIFEST).write_text(
-        json.dumps({"model.safetensors": file_md5(ckpt / "model.safetensors")})
-    )
-    verify(ckpt)
-    (ckpt / "model.safetensors").write_bytes(b"weights, changed")
+    store = Checkpoints(tmp_path)
+    for step in (2, 4):
+        ckpt = tmp_path / f"step-{step:06d}"
+        ckpt.mkdir()
+        (ckpt / "model.safetensors").write_bytes(b"weights %d" % step)
+        (ckpt / MANIFEST).write_text(
+            json.dumps({"model.safetensors": file_md5(ckpt / "model.safetensors")})
+        )
+    (tmp_path / ".step-000006.tmp").mkdir()  # a save killed half-way: never a candidate
+    newest, older = tmp_path / "step-000004", tmp_path / "step-000002"
+    assert store.latest() == newest
+    verify(newest)
+
+    (newest / "model.safetensors").write_bytes(b"weights")  # truncated
     with pytest.raises(InputError, match=r"model\.safetensors does not match its recorded md5"):
-        verify(ckpt)
-    (ckpt / "model.safetensors").unlink()
-    with pytest.raises(InputError, match=r"model\.safetensors is missing; delete .*step-000004"):
-        verify(ckpt)
+        verify(newest)
+    with caplog.at_level(logging.WARNING, logger="in2.checkpoints"):
+        assert store.latest() == older
+    assert f"checkpoint {newest}: model.safetensors does not match its recorded md5" in caplog.text
+    assert "skipped, resuming from the checkpoint before it" in caplog.text
+    assert (newest / "model.safetensors").exists()  # left in place for inspection
+
+    (older / "model.safetensors").unlink()
+    with pytest.raises(InputError, match=r"model\.safetensors is missing"):
+        verify(older)
+    (newest / MANIFEST).write_text("{not json")
+    with pytest.raises(InputError, match=r"step-000004: its manifest\.json is unreadable"):
+        verify(newest)
+    assert store.latest() is None  # nothing intact: the run starts over

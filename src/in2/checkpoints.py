@@ -5,8 +5,9 @@ receives the accelerate state (model weights as safetensors, optimizer, schedule
 states of every process), the tokenizer, the step log so far and a manifest with the md5 of every
 file. The run key hashes what makes two runs the same run (train params, model params, the
 training data's DVC md5), so a changed recipe never resumes from a foreign checkpoint and never
-overwrites one. A checkpoint is written to a temporary folder and renamed into place, and is
-refused on resume when a file does not match its recorded md5.
+overwrites one. A checkpoint is written to a temporary folder and renamed into place. On resume
+one whose files do not match their recorded md5s is skipped with a warning (and kept for
+inspection), and the run resumes from the newest intact checkpoint before it.
 
 The folder is a DVC output with `persist: true` (dvc.yaml): DVC keeps it between runs instead of
 deleting it before `train` starts, which is what makes resuming possible under `dvc repro`.
@@ -48,9 +49,21 @@ class Checkpoints:
         return cls(base / key[:12])
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint (temporary folders of a killed save are ignored)."""
+        """The newest complete checkpoint whose files match their md5s.
+
+        Temporary folders of a killed save are ignored. A damaged checkpoint (a file changed,
+        truncated or missing since it was written) is skipped with a warning and left in place
+        for inspection: the run resumes from the one before, or starts over if none is intact.
+        """
         done = sorted(p for p in self.root.glob("step-*") if (p / MANIFEST).is_file())
-        return done[-1] if done else None
+        for path in reversed(done):
+            try:
+                verify(path)
+            except InputError as err:
+                log.warning("%s; skipped, resuming from the checkpoint before it", err)
+                continue
+            return path
+        return None
 
     def save(
         self,
@@ -83,8 +96,7 @@ class Checkpoints:
         return final
 
     def load(self, accelerator: Accelerator, path: Path) -> tuple[int, list[dict[str, Any]]]:
-        """Verify every file against the manifest, restore the state; returns (step, history)."""
-        verify(path)
+        """Restore the state of a checkpoint `latest` returned; returns (step, history)."""
         accelerator.load_state(str(path))
         state = json.loads((path / STATE).read_text())
         return int(state["step"]), list(state["history"])
@@ -92,16 +104,16 @@ class Checkpoints:
 
 def verify(path: Path) -> None:
     """Refuse a checkpoint whose files do not match the md5s recorded when it was written."""
-    manifest = json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"checkpoint {path}: its {MANIFEST} is unreadable ({err})") from None
     for name, md5 in manifest.items():
         file = path / name
         if not file.is_file():
-            raise InputError(
-                f"checkpoint {path}: {name} is missing; delete {path} to resume from the "
-                "checkpoint before it (or the whole folder to start over)"
-            )
+            raise InputError(f"checkpoint {path}: {name} is missing")
         if file_md5(file) != md5:
             raise InputError(
-                f"checkpoint {path}: {name} does not match its recorded md5 (changed or damaged "
-                f"since it was written); delete {path} to resume from the checkpoint before it"
+                f"checkpoint {path}: {name} does not match its recorded md5 (changed, truncated "
+                "or damaged since it was written)"
             )
