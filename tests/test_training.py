@@ -445,3 +445,17 @@ def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path: Path, capl
     with pytest.raises(InputError, match=r"step-000004: its manifest\.json is unreadable"):
         verify(newest)
     assert store.latest() is None  # nothing intact: the run starts over
+
+
+def test_a_changed_recipe_or_data_version_gets_its_own_checkpoint_folder(tmp_path: Path) -> None:
+    from in2.checkpoints import Checkpoints
+
+    recipe = {"train": {"learning_rate": 1e-4, "seed": 0}, "model": {"source": "gguf"}, "data": "a"}
+    same = Checkpoints.for_run(tmp_path, json.loads(json.dumps(recipe)))
+    assert same == Checkpoints.for_run(tmp_path, recipe)  # a rerun finds its checkpoints
+    others = [
+        {**recipe, "data": "b"},  # another data version
+        {**recipe, "train": {"learning_rate": 2e-4, "seed": 0}},  # another recipe
+    ]
+    roots = {Checkpoints.for_run(tmp_path, o).root for o in others} | {same.root}
+    assert len(roots) == 3 and all(r.parent == tmp_path for r in roots)
