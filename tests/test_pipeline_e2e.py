@@ -10,6 +10,7 @@ import hashlib
 import json
 import sqlite3
 import subprocess
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,25 @@ pytestmark = pytest.mark.e2e
 def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
     """A copy of the working tree on the smoke profile after `dvc repro`."""
     repo, env = smoke_repo_copy(tmp_path_factory.mktemp("smoke"))
+    env["OPENAI_API_KEY"] = CANARY_KEY  # set, as on a user's machine: it must leak nowhere
     repro = run_ok(["dvc", "repro"], repo, env)
-    return repo, env, repro.stdout
+    return repo, env, repro.stdout + repro.stderr
+
+
+CANARY_KEY = f"sk-in2-e2e-canary-{uuid.uuid4().hex}"
+"""A fake OpenAI key in the pipeline's environment; test_the_api_key_is_written_nowhere greps.
+Made at run time, so no source file of the copied repository holds it."""
+
+
+def test_the_api_key_is_written_nowhere(smoke_repo):
+    """With OPENAI_API_KEY set, no file of the run (mlflow.db, MLflow artifacts, params, dvc.lock,
+    data, reports, results, metrics, DVC cache) and no line of its log holds the key."""
+    repo, _, log = smoke_repo
+    assert CANARY_KEY not in log
+    files = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
+    assert any(p.name == "mlflow.db" for p in files) and any(p.name == "dvc.lock" for p in files)
+    leaked = [str(p.relative_to(repo)) for p in files if CANARY_KEY.encode() in p.read_bytes()]
+    assert leaked == []
 
 
 def test_every_stage_ran(smoke_repo):
