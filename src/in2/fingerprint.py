@@ -24,20 +24,24 @@ def dataset_fingerprint(paths: Iterable[Path]) -> dict[str, Any]:
     paths = [Path(p) for p in paths]
     files = {str(p): file_md5(p) for p in paths}
     folder = Path(os.path.commonpath([p.parent for p in paths]))
-    md5 = _dir_md5({p.relative_to(folder).as_posix(): files[str(p)] for p in paths})
+    md5 = dir_md5({p.relative_to(folder).as_posix(): files[str(p)] for p in paths})
     return {"md5": md5, "md5_of": f"{folder} as DVC hashes it", "files": files}
 
 
 def path_md5(path: Path) -> str:
     """DVC's md5 of a file or a whole folder, as `dvc.lock` records it for a dep or an out."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return _dir_md5({p.relative_to(path).as_posix(): file_md5(p) for p in files})
-    return file_md5(path)
+    return dir_md5(folder_listing(path)) if path.is_dir() else file_md5(path)
 
 
-def _dir_md5(md5_by_relpath: dict[str, str]) -> str:
+def folder_listing(folder: Path) -> dict[str, str]:
+    """relpath -> md5 of every file under `folder`: what DVC hashes a directory from."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): file_md5(p) for p in files}
+
+
+def dir_md5(md5_by_relpath: dict[str, str]) -> str:
+    """DVC's md5 of a directory from its listing (`folder_listing`)."""
     listing = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(md5_by_relpath.items())]
     digest = hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest()
     return f"{digest}.dir"

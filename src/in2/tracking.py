@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from in2.fingerprint import path_md5
+from in2.fingerprint import dir_md5, folder_listing, path_md5
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +161,12 @@ def log_dataset(mlflow: Any, path: str | Path, context: str) -> None:
     import pandas as pd
 
     folder = Path(path)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    listing = folder_listing(folder)  # each file hashed once, for its row and the digest
     frame = pd.DataFrame(
         {
-            "relpath": [p.relative_to(folder).as_posix() for p in files],
-            "md5": [path_md5(p) for p in files],
-            "bytes": [p.stat().st_size for p in files],
+            "relpath": list(listing),
+            "md5": list(listing.values()),
+            "bytes": [(folder / rel).stat().st_size for rel in listing],
         }
     )
     with warnings.catch_warnings():
@@ -174,6 +174,6 @@ def log_dataset(mlflow: Any, path: str | Path, context: str) -> None:
         # columns cannot hold missing values; neither matters for a record of the input.
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(
-            frame, source=str(path), name=str(path), digest=path_md5(folder)
+            frame, source=str(path), name=str(path), digest=dir_md5(listing)
         )
         mlflow.log_input(dataset, context=context)

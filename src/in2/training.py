@@ -46,7 +46,7 @@ from in2.batching import (
     step_schedule,
 )
 from in2.checkpoints import Checkpoints
-from in2.fingerprint import dataset_fingerprint, file_md5
+from in2.fingerprint import file_md5, path_md5
 from in2.model import save_model, scale_rope_base
 from in2.outputs import atomic_dir, atomic_file, write_json
 from in2.params import InputError, Params, TrainParams
@@ -476,8 +476,7 @@ def train(
             write_outputs(lm, weights, tokenizer, result, params, outputs, dataset_md5, run_id)
         accelerator.wait_for_everyone()
         if mlflow:
-            files = sorted(p for p in outputs.model_dir.rglob("*") if p.is_file())
-            checkpoint_md5 = dataset_fingerprint(files)["md5"]
+            checkpoint_md5 = path_md5(outputs.model_dir)
             mlflow.set_tags(
                 {"checkpoint_path": str(outputs.model_dir), "checkpoint_md5": checkpoint_md5}
             )
