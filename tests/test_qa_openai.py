@@ -7,21 +7,28 @@ generator against `transformers serve` with SmolLM2-135M-Instruct.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import logging
+import os
+import random
 import re
-import threading
+import shutil
+import signal
+import subprocess
+import sys
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port, transformers_serve
+import yaml
+from conftest import free_port, transformers_serve, write_random_segments
+from openai_stub import FAULTS, Stub, message_key, serve_stub
 
 import in2.openai_batch
 import in2.openai_client
@@ -31,161 +38,13 @@ from in2.params import InputError, OpenAIQAParams, QAParams
 from in2.qa import COLUMNS
 from in2.qa_openai import generate_openai_qa, messages, parse_reply
 
-# ---------------------------------------------------------------- a scriptable stub endpoint
-
-
-def _quote(prompt: str, marker: str) -> str:
-    """The first four words after `marker` in a prompt: a verbatim evidence quote."""
-    return " ".join(prompt.split(marker, 1)[1].split()[:4])
-
-
-def good_reply(body: dict[str, Any]) -> str:
-    """A valid QA reply for the prompt in `body`, with evidence quoted from the passages."""
-    prompt = body["messages"][-1]["content"]
-    if "segments_used" in prompt:
-        evidence = [_quote(prompt, "[1] "), _quote(prompt, "[2] ")]
-        reply = {"question": "Which two facts combine here?", "answer": "Both of them."}
-        return json.dumps({**reply, "segments_used": [1, 2], "evidence": evidence})
-    evidence = _quote(prompt, "### Passage ###")
-    return json.dumps(
-        {"question": "What is quoted first?", "answer": "Its opening words."}
-        | {"evidence": evidence}
-    )
-
-
-class Stub:
-    """State of the stub server: a script of misbehaviours, the requests seen, Batch API state."""
-
-    def __init__(self) -> None:
-        self.script: deque[tuple[Any, ...]] = deque()
-        self.chat_hits = 0
-        self.paths: list[str] = []
-        self.reply = good_reply
-        self.usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
-        self.uploads: list[list[dict[str, Any]]] = []
-        self.polls = 0
-        self.url = ""
-
-    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": "chatcmpl-stub",
-            "object": "chat.completion",
-            "created": 1711652795,
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": self.reply(body)},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": self.usage,
-        }
-
-    def batch(self, status: str) -> dict[str, Any]:
-        n = len(self.uploads[-1])
-        done = status == "completed"
-        return {
-            "id": "batch_abc123",
-            "object": "batch",
-            "endpoint": "/v1/chat/completions",
-            "input_file_id": "file-in",
-            "completion_window": "24h",
-            "status": status,
-            "created_at": 1711471533,
-            "output_file_id": "file-out" if done else None,
-            "error_file_id": "file-err" if done else None,
-            "errors": None,
-            "request_counts": {"total": n, "completed": n - 1 if done else 0, "failed": int(done)},
-        }
-
-    def batch_files(self) -> tuple[str, str]:
-        """Output and error files of the last batch: the first request failed, others answered."""
-        out, err = [], []
-        for i, line in enumerate(self.uploads[-1]):
-            if i == 0:
-                error = {"message": "too long", "type": "invalid_request_error"}
-                error["code"] = "context_length_exceeded"
-                response = {"status_code": 400, "request_id": "req_e", "body": {"error": error}}
-                err.append(
-                    {"id": "batch_req_e", "custom_id": line["custom_id"]}
-                    | {
-                        "response": response,
-                        "error": None,
-                    }
-                )
-                continue
-            response = {"status_code": 200, "request_id": f"req_{i}"}
-            response["body"] = self.completion(line["body"])
-            out.append(
-                {"id": f"batch_req_{i}", "custom_id": line["custom_id"]}
-                | {
-                    "response": response,
-                    "error": None,
-                }
-            )
-        return "\n".join(map(json.dumps, out)) + "\n", "\n".join(map(json.dumps, err)) + "\n"
-
-
-def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
-            pass
-
-        def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            stub.paths.append(self.path)
-            if self.path == "/v1/files":
-                parts = raw.replace(b"\r\n", b"\n").split(b"\n")
-                lines = [json.loads(x) for x in parts if x.startswith(b'{"custom_id"')]
-                stub.uploads.append(lines)
-                file = {"id": "file-in", "object": "file", "bytes": len(raw), "created_at": 0}
-                return self._send(200, file | {"filename": "in.jsonl", "purpose": "batch"})
-            if self.path == "/v1/batches":
-                return self._send(200, stub.batch("validating"))
-            stub.chat_hits += 1
-            action = stub.script.popleft() if stub.script else ("ok",)
-            if action[0] == "status":
-                error = {"error": {"message": f"stub says {action[1]}", "type": "stub"}}
-                return self._send(action[1], error, action[2] if len(action) > 2 else None)
-            if action[0] == "sleep":
-                time.sleep(action[1])
-            with contextlib.suppress(OSError):  # a client that timed out has hung up
-                self._send(200, stub.completion(json.loads(raw)))
-
-        def do_GET(self) -> None:
-            stub.paths.append(self.path)
-            if self.path == "/v1/batches/batch_abc123":
-                stub.polls += 1
-                return self._send(200, stub.batch("in_progress" if stub.polls < 2 else "completed"))
-            out, err = stub.batch_files()
-            files = {"/v1/files/file-out/content": out, "/v1/files/file-err/content": err}
-            return self._send(200, files[self.path])
-
-    return Handler
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def stub():
-    state = Stub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield state
-    server.shutdown()
-    server.server_close()
+def stub() -> Iterator[Stub]:
+    with serve_stub() as state:
+        yield state
 
 
 @pytest.fixture(autouse=True)
@@ -233,6 +92,41 @@ def test_retries_honour_retry_after_and_are_counted(
     assert stats.api["retries"] == retries and stats.api["requests"] == 1
     assert min_wait * 0.5 <= stats.api["retry_wait_s"] <= max_wait
     assert elapsed >= min_wait  # the waits really happened
+
+
+def test_a_flaky_endpoint_completes_with_bounded_retries_and_counted_rejects(stub, tmp_path):
+    """30% of the requests fail, spread over every fault kind (429 with Retry-After, 500,
+    timeout, cut JSON body, dropped connection, output truncated at max_tokens, reply not JSON);
+    the run completes, retries stay within max_retries, each retry is counted by cause, each
+    request is paid for once, and each bad output is a counted reject."""
+    stub.fault_rate, stub.timeout_sleep_s = 0.3, 0.6
+    params = qa_params(stub.url, tmp_path, timeout_s=0.3, max_retries=6, concurrency=8)
+    segs = segments(40, 3)
+    qa, stats = generate_openai_qa(segs, params, seed=0)
+
+    requests = len(stub.hits)
+    assert requests == 160  # 120 fine-grained + 40 integration
+    assert set(stub.faults) == set(FAULTS)
+    assert 0.25 <= sum(stub.faults.values()) / stub.chat_hits <= 0.35
+    assert max(stub.hits.values()) <= params.openai.max_retries + 1  # bounded
+    assert stats.api["retries"] == {
+        "429": stub.faults["429"],
+        "5xx": stub.faults["500"],
+        "timeout": stub.faults["timeout"],
+        "malformed": stub.faults["malformed_json"],
+        "connection": stub.faults["disconnect"],
+    }
+    assert stats.api["retry_wait_s"] >= stub.faults["429"] * 1.0  # Retry-After: 1 honoured
+    assert set(stub.answered.values()) == {1} and len(stub.answered) == requests  # paid once
+    assert stats.api["requests"] == requests and stats.api["cached"] == 0
+    rejects = Counter()
+    for reason, n in stats.rejected.items():
+        rejects[reason.split(":")[1]] += n
+    assert rejects == {
+        "truncated": stub.faults["truncated"],
+        "invalid_json": stub.faults["not_json"],
+    }
+    assert sum(stats.accepted.values()) == len(qa) == requests - sum(rejects.values())
 
 
 def test_retries_exhausted_and_client_errors_stop_with_a_clear_message(stub, tmp_path):
@@ -573,3 +467,81 @@ def test_end_to_end_against_transformers_serve(served, smollm2_dir, tmp_path, ca
     assert stats2.api["requests"] == 0 and stats2.api["cached"] == 4
     pd.testing.assert_frame_equal(qa, qa2)
     assert stats2.rejected == stats.rejected
+
+
+# ---------------------------------------------------------------- the stage, killed again and again
+
+
+def _qa_stage_folder(root: Path, url: str, tiny_model_dir: Path) -> Path:
+    """Inputs of `stages/qa.py` in `root`: random-token segments (two per document), the tiny
+    model's tokenizer, params pointing the openai generator at `url`, a cache inside `root`."""
+    (root / ".dvc").mkdir(parents=True)  # the repository root: the cache is anchored here
+    shutil.copytree(tiny_model_dir, root / "models/base")
+    write_random_segments(root / "data/segments", 160, 128, np.random.default_rng(0))
+    openai = {"base_url": url, "concurrency": 4, "max_retries": 2, "cache_dir": ".cache/qa"}
+    params = {"seed": 0, "qa": {"generator": "openai", "openai": openai}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _qa_command(root: Path) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    for var in ("DVC_ROOT", "DVC_STAGE", "OPENAI_BASE_URL"):
+        env.pop(var, None)
+    return [sys.executable, str(REPO / "stages/qa.py")], env
+
+
+def _cached_keys(root: Path) -> set[str]:
+    """Message keys of the responses in the cache (as the stub server names requests)."""
+    entries = (json.loads(p.read_text()) for p in (root / ".cache/qa").glob("??/*.json"))
+    return {message_key(e["request"]) for e in entries}
+
+
+def test_qa_killed_ten_times_loses_nothing_and_never_asks_for_a_cached_answer(
+    tiny_model_dir, tmp_path
+):
+    """`kill -9` of `python stages/qa.py` at random moments while its requests flow, 10 times,
+    then a run to the end: no response in the cache at a kill is ever asked for again (the
+    server's hit log), no answer is paid twice beyond those in flight at a kill, no half output
+    is left, and data/qa equals an uninterrupted run's byte for byte."""
+    with serve_stub() as stub:
+        stub.answer_delay_s = 0.02
+        whole = _qa_stage_folder(tmp_path / "whole", stub.url, tiny_model_dir)
+        cmd, env = _qa_command(whole)
+        run = subprocess.run(cmd, cwd=whole, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-4000:]
+        requests = len(stub.hits)
+        assert requests == 240 and stub.chat_hits == requests  # 160 fine + 80 integration
+
+    rng = random.Random(0)
+    with serve_stub() as stub:
+        stub.answer_delay_s = 0.02
+        root = _qa_stage_folder(tmp_path / "killed", stub.url, tiny_model_dir)
+        cached_at_kill: list[tuple[int, set[str]]] = []
+        while len(cached_at_kill) < 10:
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.DEVNULL)
+            target = stub.chat_hits + rng.randint(1, 12)
+            while stub.chat_hits < target and proc.poll() is None:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.05))
+            proc.kill()
+            assert proc.wait() == -signal.SIGKILL, "the stage ended before it was killed"
+            cached_at_kill.append((len(stub.hit_log), _cached_keys(root)))
+            assert not (root / "data/qa/qa.parquet").exists()
+        assert 0 < len(cached_at_kill[-1][1]) < requests
+        run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-4000:]
+
+        for at, cached in cached_at_kill:
+            assert cached.isdisjoint(stub.hit_log[at:])  # a cached answer is never asked again
+        assert set(stub.hits) == _cached_keys(root) and len(stub.hits) == requests
+        paid_twice = sum(n - 1 for n in stub.answered.values())
+        assert paid_twice <= 10 * 4  # at most the requests in flight at each kill
+    assert sorted(os.listdir(root / "data/qa")) == ["qa.parquet"]
+    assert _md5(root / "data/qa/qa.parquet") == _md5(whole / "data/qa/qa.parquet")
+    metrics = [json.loads((r / "metrics/qa.json").read_text()) for r in (whole, root)]
+    assert [m["accepted"] for m in metrics] == [metrics[0]["accepted"]] * 2
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()

@@ -8,8 +8,9 @@ in2.probe_openai); messages name the section of the caller's params.
   keyed by the sha256 of the request body (model, messages, sampling params; never the URL or
   the key) and written atomically right after the response arrives, so neither a re-run nor a
   crash pays for a call twice.
-- Retries: the SDK's own retries are off; 429, 5xx, timeouts and connection errors are retried
-  here with exponential backoff, honouring Retry-After, and every retry is counted.
+- Retries: the SDK's own retries are off; 429, 5xx, timeouts, connection errors and malformed
+  bodies (a 200 that is not a chat completion) are retried here with exponential backoff,
+  honouring Retry-After, at most `max_retries` times per request, and every retry is counted.
 - Budget: before a request is sent, its worst case (estimated prompt + `max_tokens` completion)
   is reserved against `budget_usd`; the run stops cleanly when the next one would not fit.
 
@@ -123,7 +124,7 @@ class ResponseCache:
             return None
 
     def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
-        with atomic_file(self._path(key)) as tmp:
+        with atomic_file(self._path(key), sweep=False) as tmp:
             tmp.write_text(json.dumps({"request": request, "response": response}))
 
     def count(self) -> int:
@@ -171,7 +172,7 @@ class ApiStats:
     cached: int = 0
     """Requests answered from the response cache (free)."""
     retries: dict[str, int] = field(default_factory=dict)
-    """Retries per cause: 429, 5xx, timeout, connection."""
+    """Retries per cause: 429, 5xx, timeout, connection, malformed."""
     retry_wait_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -351,9 +352,13 @@ def fetch(
         asked: float | None = None
         try:
             completion = client.chat.completions.create(**request.body)
+            if not isinstance(completion, openai.types.chat.ChatCompletion):
+                raise ValueError(f"not a chat completion: {str(completion)[:80]!r}")
             response = completion.model_dump(mode="json")
             cache.put(request.key, request.body, response)
             return Fetched(response, retries)
+        except ValueError:  # a 200 whose body is cut JSON or not JSON: a server fault, not cached
+            cause = "malformed"
         except openai.APIStatusError as err:
             if err.status_code != 429 and err.status_code < 500:
                 raise _status_error(err, url, params) from None

@@ -4,6 +4,10 @@ DVC caches whatever sits at an output path when a stage ends; writing in place w
 leave a half-written file for it to cache (or for the next stage to read). `os.replace` of a
 sibling on the same file system is atomic, so readers see the old output or the new one, never
 a mix.
+
+`kill -9` runs no cleanup, so a killed writer leaves its temporary sibling behind, and that
+sibling may sit inside a folder DVC tracks (data/qa/.qa.parquet.x1y2.tmp). The next write of the
+same path removes it first, so a stage that completes never leaves one for DVC to cache.
 """
 
 from __future__ import annotations
@@ -18,18 +22,33 @@ from pathlib import Path
 from typing import Any
 
 
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove what killed writers of `path` left behind (`.<name>.*.tmp`, `.<name>.old`)."""
+    stale = [*path.parent.glob(f".{path.name}.*.tmp"), path.with_name(f".{path.name}.old")]
+    removed = []
+    for leftover in stale:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.exists():
+            leftover.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(leftover)
+    return removed
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces `path` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         if path.exists():
             old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -40,10 +59,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path that replaces `path` when the block succeeds."""
+def atomic_file(path: str | Path, sweep: bool = True) -> Iterator[Path]:
+    """Yield a temporary file path that replaces `path` when the block succeeds.
+
+    `sweep=False` skips removing stale temporaries: for many small files in big folders (the
+    response cache) where listing the folder per write would cost more than a leftover.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if sweep:
+        remove_stale_temporaries(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
