@@ -232,6 +232,51 @@ def test_stage_on_a_local_folder_writes_tables_and_metrics(tmp_path):
     assert sum(len(t) for t in tables) == 5
 
 
+def test_stage_drops_and_counts_empty_binary_undecodable_and_huge_documents(tmp_path):
+    """The bad-input matrix of one corpus: every bad document is a counted drop, the stage
+    completes, and its outputs are whole tables (a 12 MB .txt file is not even read)."""
+    docs = tmp_path / "docs"
+    good = [f"document {i} tells of rivers, hills and the towns between them." for i in range(6)]
+    huge = "word " * 2_500_000  # 12.5 MB
+    _jsonl(
+        docs / "a.jsonl",
+        [
+            *({"text": text} for text in good),
+            {"text": ""},  # empty
+            {"text": "header\u0000\u0001\u0002 bytes of a decodable image file"},  # binary
+            {"text": huge},  # too_long
+        ],
+    )
+    (docs / "empty.txt").write_bytes(b"")  # empty
+    (docs / "image.txt").write_bytes(bytes(range(1, 32)) * 40 + b"then some text")  # binary
+    (docs / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me, na\xefve text".encode("latin-1"))
+    (docs / "huge.txt").write_text(huge)  # too_long, never read
+    out = _stage(tmp_path, {"corpus": {"source": "local", "path": "docs", "min_words": 3}})
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "metrics/corpus.json").read_text())
+    assert metrics["dropped"] == {"empty": 2, "binary": 2, "undecodable": 1, "too_long": 2}
+    assert (metrics["read"], metrics["kept"]) == (13, 6)
+    tables = [pd.read_parquet(tmp_path / f"data/corpus/{f}.parquet") for f in ("train", "heldout")]
+    assert sorted(pd.concat(tables)["text"]) == sorted(good)
+    assert sorted(p.name for p in (tmp_path / "data/corpus").iterdir()) == [
+        "heldout.parquet",
+        "train.parquet",
+    ]
+
+
+def test_max_chars_null_keeps_long_documents(tmp_path):
+    path = tmp_path / "long.jsonl"
+    _jsonl(path, [{"text": "long " * 300_000}])
+    with pytest.raises(InputError) as err:
+        build_corpus(_local(path, max_chars=1_000_000), 0)
+    assert str(err.value) == (
+        "corpus: no document kept of 1 read (dropped: {'too_long': 1}); check corpus.text_field, "
+        "corpus.min_words, corpus.max_chars and the source"
+    )
+    train, heldout, stats = build_corpus(_local(path, max_chars=None, heldout_fraction=0.01), 0)
+    assert stats.dropped == {} and len(train) + len(heldout) == 1
+
+
 def test_stage_stops_on_a_missing_path(tmp_path):
     out = _stage(tmp_path, {"corpus": {"source": "local", "path": "nope"}})
     assert out.returncode == 2

@@ -6,8 +6,9 @@ Three sources (`corpus.source`), read as streams of records:
 - `local`: a file, or a folder searched recursively, of .jsonl / .json / .parquet / .txt;
 - `hf`: a Hugging Face `datasets` name (or local dataset folder), streamed (paper: C4).
 
-Bad records never stop a run halfway: undecodable bytes, lines that are not JSON, rows without the
-text field, empty, too short and duplicate documents are dropped and counted in the stage's
+Bad records never stop a run halfway: undecodable bytes, binary content, lines that are not JSON,
+rows without the text field, empty, too short, too long and duplicate documents are dropped and
+counted in the stage's
 metrics, next to a description of exactly what was read (files with sizes and sha256, or dataset,
 config and split). Configuration mistakes fail at once instead: a missing path, a folder without
 supported files, an unknown dataset, a text field that no row has.
@@ -293,8 +294,10 @@ def _record(row: Raw, params: CorpusParams, source: str) -> Raw:
     }
 
 
-def _txt_doc(path: Path, name: str) -> Raw:
-    """A .txt file is one document, titled by its file name."""
+def _txt_doc(path: Path, name: str, max_chars: int | None) -> Raw:
+    """A .txt file is one document, titled by its file name; one too big is not read."""
+    if max_chars is not None and path.stat().st_size > 4 * max_chars:  # UTF-8: <= 4 bytes/char
+        return "too_long"
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -322,7 +325,7 @@ def _local_records(files: list[Path], root: Path, params: CorpusParams) -> Itera
     for path in files:
         name = relative_name(path, root)
         if path.suffix.lower() == ".txt":
-            yield _txt_doc(path, name)
+            yield _txt_doc(path, name, params.max_chars)
         else:
             for row in read_rows(path, required, optional):
                 yield _record(row, params, f"local:{name}")
@@ -362,7 +365,8 @@ ADAPTERS: dict[str, Callable[[CorpusParams, CorpusStats], Iterator[Raw]]] = {
 def clean_documents(
     raws: Iterable[Raw], params: CorpusParams, stats: CorpusStats
 ) -> Iterator[Record]:
-    """Normalise whitespace; drop (and count) unreadable, empty, short and duplicate documents.
+    """Normalise whitespace; drop (and count) unreadable, too long, binary, empty, short and
+    duplicate documents.
 
     Documents without a source key get a content id (`<source>-<sha1[:16]>` of the normalised
     text), so the same text always has the same id. Duplicates are found by sha1 of the text,
@@ -374,7 +378,14 @@ def clean_documents(
         if isinstance(raw, str):
             stats.drop(raw)
             continue
-        text = " ".join(str(raw["text"]).split())
+        original = str(raw["text"])
+        if params.max_chars is not None and len(original) > params.max_chars:
+            stats.drop("too_long")
+            continue
+        if looks_binary(original):
+            stats.drop("binary")
+            continue
+        text = " ".join(original.split())
         digest = hashlib.sha1(text.encode()).digest()
         if not text:
             stats.drop("empty")
@@ -385,6 +396,21 @@ def clean_documents(
         else:
             seen.add(digest)
             yield {**raw, "text": text, "doc_id": raw.get("doc_id") or _content_id(params, digest)}
+
+
+BINARY_SAMPLE_CHARS = 4096
+BINARY_CONTROL_SHARE = 0.01
+_TEXT_CONTROLS = set("\t\n\r\f\v")
+
+
+def looks_binary(text: str) -> bool:
+    """Decodable but not text: a NUL anywhere, or over 1% control characters in the opening
+    4,096 characters (an image or archive whose bytes happen to decode)."""
+    if "\0" in text:
+        return True
+    sample = text[:BINARY_SAMPLE_CHARS]
+    controls = sum(1 for ch in sample if ch < " " and ch not in _TEXT_CONTROLS)
+    return controls > BINARY_CONTROL_SHARE * len(sample)
 
 
 def _content_id(params: CorpusParams, digest: bytes) -> str:
@@ -423,7 +449,7 @@ def build_corpus(params: CorpusParams, seed: int) -> tuple[pd.DataFrame, pd.Data
     if docs.empty:
         raise InputError(
             f"corpus: no document kept of {stats.read} read (dropped: {stats.dropped}); "
-            "check corpus.text_field, corpus.min_words and the source"
+            "check corpus.text_field, corpus.min_words, corpus.max_chars and the source"
         )
     heldout_mask = docs["doc_id"].map(lambda d: unit_hash(seed + 1, d) < params.heldout_fraction)
     train = docs[~heldout_mask].reset_index(drop=True)

@@ -109,6 +109,10 @@ class CorpusParams(_Section):
     for a streamed `hf` source (reading stops there); null keeps all."""
     min_words: int = Field(20, ge=1)
     """Documents with fewer words are dropped (and counted)."""
+    max_chars: int | None = Field(1_000_000, gt=0)
+    """Documents with more characters are dropped (counted as `too_long`): a 10 MB log or dump
+    would become thousands of segments from one source (a C4 document is a few KB); a .txt file
+    that large is not even read. null keeps every document."""
     heldout_fraction: float = Field(0.1, gt=0, lt=1)
     """Fraction of whole documents reserved for the probes; training never sees them."""
 
