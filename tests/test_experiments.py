@@ -4,7 +4,9 @@ After `dvc repro` (the baseline, committed), two experiments change `train.learn
 re-runs train and probe@in2 only: one in the workspace, one with `--temp` (the executor of queued
 runs too). Both must show up in `dvc exp show`, `dvc metrics diff`, `dvc plots diff`, and as
 MLflow runs of the repository's mlflow.db, read through a `mlflow server`'s REST API, with the
-per-position series and the training set's DVC version. See docs/experiments.md.
+per-position series and the training set's DVC version. Two more experiments are queued and run
+by `dvc queue start -j 2` at once: both must land intact in the one SQLite store. See
+docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +32,8 @@ pytestmark = pytest.mark.e2e
 
 EXPERIMENTS = {"lr-3e-4": [], "lr-1e-3": ["--temp"]}
 """Experiment name -> extra `dvc exp run` flags; the name is also the learning rate."""
+QUEUED = ("lr-5e-4", "lr-2e-4")
+"""Experiments queued and run in parallel by `dvc queue start -j 2`."""
 POSITION_PLOTS = [f"reports/positions/{task}.csv" for task in ("document", "code", "database")]
 
 
@@ -53,6 +59,31 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
         assert "Running stage 'train'" in log and "Running stage 'probe@in2'" in log
         assert "Stage 'probe@base' didn't change, skipping" in log
     return repo, env
+
+
+@pytest.fixture(scope="module")
+def queued(sweep: tuple[Path, dict[str, str]]) -> dict[str, str]:
+    """Queue two experiments, run them with `dvc queue start -j 2`; name -> `dvc queue status`."""
+    repo, env = sweep
+    for name in QUEUED:
+        learning_rate = name.removeprefix("lr-")
+        command = ["dvc", "exp", "run", "--queue", "-n", name]
+        run_ok([*command, "-S", f"train.learning_rate={learning_rate}"], repo, env)
+    run_ok(["dvc", "queue", "start", "-j", "2"], repo, env)
+    deadline = time.monotonic() + 600
+    while True:
+        status = _queue_status(repo, env)
+        if all(status.get(name) in ("Success", "Failed") for name in QUEUED):
+            return status
+        assert time.monotonic() < deadline, f"queued experiments not done in 600 s: {status}"
+        time.sleep(2)
+
+
+def _queue_status(repo: Path, env: dict[str, str]) -> dict[str, str]:
+    """Name -> status column of `dvc queue status` (Queued, Running, Success, Failed)."""
+    out = run_ok(["dvc", "queue", "status"], repo, env).stdout
+    rows = (line.split() for line in out.splitlines())
+    return {row[1]: row[-1] for row in rows if len(row) >= 3 and row[1] in QUEUED}
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +246,44 @@ def test_mlflow_server_shows_both_experiments_runs(
         assert dataset_input["dataset"]["name"] == "data/in2/train.parquet"
         train_params = {p["key"]: p["value"] for p in runs["train"]["data"]["params"]}
         assert float(train_params["train.learning_rate"]) == float(name.removeprefix("lr-"))
+
+
+def test_two_queued_experiments_run_in_parallel_into_one_store(sweep, queued):
+    """`dvc queue start -j 2`: both experiments succeed, their training overlapped in time,
+    and each one's runs are in the one mlflow.db, finished, with their own params and curves."""
+    repo, env = sweep
+    assert queued == dict.fromkeys(QUEUED, "Success"), queued
+    db = sqlite3.connect(repo / "mlflow.db")
+    runs: dict[str, dict[str, tuple[str, str, int, int]]] = {}
+    for name in QUEUED:
+        rows = db.execute(
+            "select r.name, r.run_uuid, r.status, r.start_time, r.end_time from runs r"
+            " join tags t on t.run_uuid = r.run_uuid"
+            " where t.key = 'dvc_exp_name' and t.value = ?",
+            (name,),
+        ).fetchall()
+        runs[name] = {run: (uuid, status, start, end) for run, uuid, status, start, end in rows}
+        assert sorted(runs[name]) == ["probe-in2", "train"], (name, rows)
+        assert {status for _, status, _, _ in runs[name].values()} == {"FINISHED"}
+        train_id = runs[name]["train"][0]
+        (lr,) = db.execute(
+            "select value from params where run_uuid = ? and key = 'train.learning_rate'",
+            (train_id,),
+        ).fetchone()
+        assert float(lr) == float(name.removeprefix("lr-"))
+        steps = db.execute(
+            "select count(*) from metrics where run_uuid = ? and key = 'loss'", (train_id,)
+        ).fetchone()[0]
+        probe_id = runs[name]["probe-in2"][0]
+        bins = db.execute(
+            "select count(*) from metrics where run_uuid = ? and key = 'document_bin_score'",
+            (probe_id,),
+        ).fetchone()[0]
+        assert steps >= 2 and bins >= 2, (name, steps, bins)
+    (a_start, a_end), (b_start, b_end) = (runs[name]["train"][2:] for name in QUEUED)
+    assert a_start < b_end and b_start < a_end  # the two trainings ran at the same time
+    failed = db.execute("select count(*) from runs where status != 'FINISHED'").fetchone()[0]
+    assert failed == 0
+    shown = json.loads(run_ok(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    names = {exp["name"] for row in shown for exp in row.get("experiments") or []}
+    assert set(QUEUED) <= names

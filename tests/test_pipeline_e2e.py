@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_ok, smoke_repo_copy
+from conftest import git_commit, run_ok, smoke_repo_copy
+from openai_stub import serve_stub
 
 TASKS = ("document", "code", "database")
 pytestmark = pytest.mark.e2e
@@ -222,3 +223,36 @@ def test_second_repro_is_up_to_date_and_push_works(smoke_repo):
     assert "Data and pipelines are up to date" in run_ok(["dvc", "repro"], repo, env).stdout
     run_ok(["dvc", "push"], repo, env)
     assert any((repo / "dvc-storage").rglob("*"))
+
+
+def test_the_api_key_used_by_the_openai_generator_is_written_nowhere(smoke_repo):
+    """`dvc exp run --temp` with `qa.generator: openai` against a loopback endpoint, the canary key
+    in OPENAI_API_KEY: the endpoint received the key, and still no file of the repository (the
+    response cache, mlflow.db, DVC cache, metrics, reports), nothing the experiment committed
+    (params.yaml, dvc.lock) and no line of its log holds it.
+
+    The endpoint is the stub server of tests/openai_stub.py: a real model on loopback would need
+    minutes to write the smoke profile's hundreds of QA pairs on this CPU, and where the key goes
+    depends on our code, not on the replies."""
+    repo, env, _ = smoke_repo
+    git_commit(repo, env, "smoke repro")
+    with serve_stub() as stub:
+        settings = ["-S", "qa.generator=openai", "-S", f"qa.openai.base_url={stub.url}"]
+        exp = run_ok(["dvc", "exp", "run", "--temp", "-n", "openai-qa", *settings], repo, env)
+    log = exp.stdout + exp.stderr
+    assert "Running stage 'qa'" in log and "Running stage 'train'" in log
+    assert stub.authorization == {f"Bearer {CANARY_KEY}"} and stub.chat_hits > 0
+    assert CANARY_KEY not in log
+    files = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
+    cached = [p for p in files if ".cache" in p.parts]
+    assert len(cached) >= stub.chat_hits  # the responses are there, without the key
+    leaked = [str(p.relative_to(repo)) for p in files if CANARY_KEY.encode() in p.read_bytes()]
+    assert leaked == []
+    refs = run_ok(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo, env).stdout
+    (ref,) = [r for r in refs.split() if r.endswith("/openai-qa")]
+    for committed in ("params.yaml", "dvc.lock"):
+        assert CANARY_KEY not in run_ok(["git", "show", f"{ref}:{committed}"], repo, env).stdout
+    lock = yaml.safe_load(run_ok(["git", "show", f"{ref}:dvc.lock"], repo, env).stdout)
+    (metrics,) = [o for o in lock["stages"]["qa"]["outs"] if o["path"] == "metrics/qa.json"]
+    cached_metrics = repo / ".dvc/cache/files/md5" / metrics["md5"][:2] / metrics["md5"][2:]
+    assert json.loads(cached_metrics.read_text())["api"]["requests"] == stub.chat_hits
