@@ -15,6 +15,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from in2.fingerprint import path_md5
 from in2.outputs import write_json
 from in2.report_page import PAPER_LABEL, find_run_ids, render_page, write_page
 
@@ -153,19 +154,36 @@ def test_page_marks_a_column_the_run_did_not_probe(scores: dict) -> None:
     assert body(parse(page), "run-scores")["in2"][2:4] == ["–", "–"]
 
 
-def test_find_run_ids_picks_the_newest_finished_run_per_name(tmp_path: Path) -> None:
+def test_find_run_ids_names_the_runs_that_wrote_the_scores_shown(tmp_path: Path) -> None:
+    """Of several finished probe runs (as from experiments queued in parallel), the one whose
+    output tag is the md5 of the scores file on disk, even when it is not the newest; the train
+    run is the one that probe run names."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert find_run_ids(uri) == {"train": None, "probe-base": None, "probe-in2": None}
+    results = tmp_path / "results/probe"
+    assert find_run_ids(uri, results) == {"train": None, "probe-base": None, "probe-in2": None}
+    (results / "in2").mkdir(parents=True)
+    scores = results / "in2/scores.json"
+    scores.write_text('{"document": {"avg": 0.5}}')
     client = MlflowClient(uri)
     experiment = client.create_experiment("in2")
+    tag = f"output.{scores.as_posix()}"
     runs = {}
-    for start, name, status in ((1, "old", "FINISHED"), (2, "new", "FINISHED"), (3, "x", "FAILED")):
-        run = client.create_run(experiment, start_time=start, run_name="train")
+    for start, name, status, md5 in (
+        (1, "ours", "FINISHED", path_md5(scores)),
+        (2, "other experiment", "FINISHED", "0" * 32),
+        (3, "failed", "FAILED", path_md5(scores)),
+    ):
+        tags = {tag: md5, "train_run_id": f"train-of-{name}"}
+        run = client.create_run(experiment, start_time=start, run_name="probe-in2", tags=tags)
         client.set_terminated(run.info.run_id, status=status, end_time=start + 1)
         runs[name] = run.info.run_id
-    assert find_run_ids(uri) == {"train": runs["new"], "probe-base": None, "probe-in2": None}
+    assert find_run_ids(uri, results) == {
+        "train": "train-of-ours",
+        "probe-base": None,
+        "probe-in2": runs["ours"],
+    }
 
 
 def test_report_stage_names_the_stage_that_builds_a_missing_data_card_input(

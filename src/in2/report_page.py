@@ -18,6 +18,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from in2.fingerprint import path_md5
 from in2.outputs import atomic_file
 from in2.report import COLORS, Scores
 from in2.tracking import EXPERIMENT
@@ -42,6 +43,8 @@ paper summary, which agree; not re-read from the PDF by this code."""
 
 PAPER_LABEL = "paper: 32K tokens, 7B models"
 RUN_NAMES = ("train", "probe-base", "probe-in2")
+RESULTS = Path("results/probe")
+"""The probe stage's outputs, one folder per model (stages/probe.py)."""
 """MLflow run names of the stages whose runs the page links (stages/train.py, stages/probe.py)."""
 GX_DOCS = "data_quality/docs/index.html"
 """The Great Expectations Data Docs, relative to reports/ (written by stages/validate.py)."""
@@ -62,24 +65,37 @@ img { max-width: 100%; }
 """
 
 
-def find_run_ids(tracking_uri: str, names: Sequence[str] = RUN_NAMES) -> dict[str, str | None]:
-    """Run name -> id of its newest FINISHED run in the `in2` experiment (None: no such run)."""
+def find_run_ids(tracking_uri: str, results: Path = RESULTS) -> dict[str, str | None]:
+    """The MLflow runs behind the numbers shown: run name -> id (None: no such run).
+
+    A probe run tags the md5 of the scores.json it wrote (`output.<path>`), so the page names the
+    run that wrote the very file it shows, not merely the newest run of that name: with
+    experiments queued in parallel into one store, the newest can be another experiment's. The
+    train run is the one the in2 probe run names (`train_run_id`: the run that made the model).
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    ids: dict[str, str | None] = dict.fromkeys(names)
+    ids: dict[str, str | None] = dict.fromkeys(RUN_NAMES)
     if experiment is None:
         return ids
-    for name in names:
+    for model in ("base", "in2"):
+        scores = results / model / "scores.json"
+        if not scores.is_file():
+            continue
+        tag = f"output.{scores.as_posix()}"
         runs = client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"attributes.run_name = '{name}' and attributes.status = 'FINISHED'",
+            filter_string=f"attributes.run_name = 'probe-{model}' and attributes.status = "
+            f"'FINISHED' and tags.`{tag}` = '{path_md5(scores)}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
         if runs:
-            ids[name] = runs[0].info.run_id
+            ids[f"probe-{model}"] = runs[0].info.run_id
+            if model == "in2":
+                ids["train"] = runs[0].data.tags.get("train_run_id")
     return ids
 
 
@@ -202,7 +218,8 @@ def _runs(run_ids: Mapping[str, str | None], tracking_uri: str) -> str:
         f'<table id="runs"><thead><tr><th>run</th><th>MLflow run id</th></tr></thead>'
         f"<tbody>{rows}</tbody></table>"
         f'<p class="note">Experiment <code>{EXPERIMENT}</code> in '
-        f"<code>{html.escape(tracking_uri)}</code>; the newest FINISHED run of each name.</p>"
+        f"<code>{html.escape(tracking_uri)}</code>: the probe runs that wrote the scores shown "
+        "(their <code>output.*</code> md5 tag), and the train run that made the probed model.</p>"
     )
 
 
