@@ -1,5 +1,6 @@
 """A stage fails on bad input with one readable line and exit code 2, before doing any work."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,32 @@ def test_missing_model_folder_says_how_to_build_it(tmp_path):
         FileNotFoundError, match=r"model folder .*nope does not exist; run `dvc repro`"
     ):
         load_model(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(
+    ("name_or_path", "message"),
+    [
+        ("/nope/model", "error: model.name_or_path: /nope/model is not a folder; point it at"),
+        (
+            "no-such-org/no-such-model",
+            "error: model.name_or_path: cannot load 'no-such-org/no-such-model' (",
+        ),
+    ],
+)
+def test_a_missing_base_model_path_or_hub_id_is_one_line(tmp_path, name_or_path, message):
+    (tmp_path / "params.yaml").write_text(
+        f"model:\n  source: pretrained\n  name_or_path: {name_or_path}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages/base_model.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    if name_or_path.startswith("no-such"):
+        assert "`hf download no-such-org/no-such-model`" in out.stderr
+    assert not (tmp_path / "models").exists()

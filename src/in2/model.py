@@ -80,6 +80,29 @@ def _random_init(params: ModelParams, seed: int) -> tuple[PreTrainedModel, PreTr
     return LlamaForCausalLM(config), tokenizer
 
 
+def _from_pretrained(params: ModelParams) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A local folder or a hub id; a missing one is the user's input, said in one line."""
+    name = str(params.name_or_path)  # required for this source by ModelParams
+    folder = Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) and not folder.is_dir():
+        raise InputError(
+            f"model.name_or_path: {name} is not a folder; point it at a model folder "
+            "(config.json, *.safetensors and the tokenizer files) or give a hub id"
+        )
+    source = str(folder) if folder.is_dir() else name
+    try:
+        tokenizer = load_tokenizer(source, params.trust_remote_code)
+        model = load_model(source, params.trust_remote_code)
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise InputError(
+            f"model.name_or_path: cannot load {name!r} ({reason}). Without network a hub id must "
+            f"be in the local Hugging Face cache (`hf download {name}` where there is network); "
+            "or point it at a local model folder with safetensors weights"
+        ) from None
+    return model, tokenizer
+
+
 def build_base_model(
     params: ModelParams, seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -89,9 +112,7 @@ def build_base_model(
     elif params.source == "random_init":
         model, tokenizer = _random_init(params, seed)
     else:
-        assert params.name_or_path is not None  # checked by ModelParams
-        tokenizer = load_tokenizer(params.name_or_path, params.trust_remote_code)
-        model = load_model(params.name_or_path, params.trust_remote_code)
+        model, tokenizer = _from_pretrained(params)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
