@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import select
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -67,7 +69,9 @@ class Stub:
         self.hits: Counter[str] = Counter()
         """Requests received per message key (every attempt)."""
         self.answered: Counter[str] = Counter()
-        """200 answers fully sent per message key: what a bill would count."""
+        """200 answers sent to a client still connected, per message key: what a bill counts."""
+        self.abandoned = 0
+        """Answers not sent because the client had hung up (was killed) while it waited."""
         self.hit_log: list[str] = []
         """Message keys in the order the requests arrived."""
         self.faults: Counter[str] = Counter()
@@ -171,6 +175,16 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data[:cut])
             self.wfile.flush()
 
+        def _client_gone(self) -> bool:
+            """The client closed the connection while waiting (no pipelining: readable = EOF)."""
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            try:
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
+
         def _fault(self, fault: str, body: dict[str, Any]) -> None:
             if fault == "429":
                 error = {"error": {"message": "stub says slow down", "type": "rate_limit"}}
@@ -228,6 +242,10 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             if action[0] == "sleep":
                 time.sleep(action[1])
             time.sleep(stub.answer_delay_s)
+            if self._client_gone():
+                with stub.lock:
+                    stub.abandoned += 1
+                return None
             try:
                 self._send(200, stub.completion(body))
             except OSError:  # a client that timed out, or was killed, has hung up

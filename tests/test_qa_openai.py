@@ -99,8 +99,9 @@ def test_a_flaky_endpoint_completes_with_bounded_retries_and_counted_rejects(stu
     timeout, cut JSON body, dropped connection, output truncated at max_tokens, reply not JSON);
     the run completes, retries stay within max_retries, each retry is counted by cause, each
     request is paid for once, and each bad output is a counted reject."""
-    stub.fault_rate, stub.timeout_sleep_s = 0.3, 0.6
-    params = qa_params(stub.url, tmp_path, timeout_s=0.3, max_retries=6, concurrency=8)
+    stub.fault_rate, stub.timeout_sleep_s = 0.3, 2.5
+    # A timeout of 2 s: a good answer takes milliseconds, even on a loaded 2-core machine.
+    params = qa_params(stub.url, tmp_path, timeout_s=2.0, max_retries=6, concurrency=8)
     segs = segments(40, 3)
     qa, stats = generate_openai_qa(segs, params, seed=0)
 
