@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import sqlite3
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -256,3 +259,38 @@ def test_the_api_key_used_by_the_openai_generator_is_written_nowhere(smoke_repo)
     (metrics,) = [o for o in lock["stages"]["qa"]["outs"] if o["path"] == "metrics/qa.json"]
     cached_metrics = repo / ".dvc/cache/files/md5" / metrics["md5"][:2] / metrics["md5"][2:]
     assert json.loads(cached_metrics.read_text())["api"]["requests"] == stub.chat_hits
+
+
+def test_dvc_repro_killed_mid_training_resumes_from_the_last_checkpoint(smoke_repo):
+    """`kill -9` of the whole `dvc repro` (DVC and the train stage it runs) after the second
+    checkpoint, then `dvc repro` again: DVC takes its lock back, keeps the persisted
+    `checkpoints/`, and the stage resumes there and finishes."""
+    repo, env, _ = smoke_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"] |= {"checkpoint_every": 1, "epochs": 4}  # 24 examples / 4 -> 24 steps
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill reaches the stage too
+    )
+    deadline = time.monotonic() + 300
+    while not list(repo.glob("checkpoints/*/step-000002/manifest.json")):
+        assert proc.poll() is None, "dvc repro ended before its second checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (repo / "models/in2/model.safetensors").exists()  # the killed run published nothing
+
+    rerun = run_ok(["dvc", "repro", "train"], repo, env)
+    log = rerun.stdout + rerun.stderr
+    step = int(log.split("resuming from")[1].split("(step ")[1].split(" ")[0])
+    assert 2 <= step < 24 and "of 24)" in log, log[-3000:]
+    state = json.loads((repo / "models/in2/trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"]] == list(range(1, 25))
+    again = run_ok(["dvc", "repro", "train"], repo, env).stdout
+    assert "Data and pipelines are up to date" in again
