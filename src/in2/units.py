@@ -43,7 +43,7 @@ RECORD_LAYOUTS = (
 )
 """(line, answer) templates of a record: the answer is the part of the line after the key."""
 ENTRY_LAYOUT = "## {name}\n{value}"
-ENTRY_MAX_WORDS = 20
+ENTRY_MAX_WORDS = 40
 """An entry's body: the document's first sentences, whole, up to this many words (at least one)."""
 MAX_FIELD_CHARS = 120
 
