@@ -12,6 +12,9 @@ export HF_DATASETS_OFFLINE ?= 1
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+# OpenMP threads sleep instead of spinning while they wait: on a 2-core machine shared with other
+# work, spinning threads of torch slowed one training example from ~2 s to ~35 s (docs/results.md).
+export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup run test lint clean-venv chromium

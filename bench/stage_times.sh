@@ -5,6 +5,7 @@
 # The README's timing table was produced this way (2-core CPU, default params.yaml).
 set -euo pipefail
 export PATH=$PWD/.venv/bin:$PATH HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # as the Makefile: no spinning on a shared CPU
 start=$(date +%s.%N)
 for s in base_model corpus segment probe_data qa synthesize validate train probe@base probe@in2 report; do
   t0=$(date +%s.%N)

@@ -11,6 +11,9 @@ def main(params, args) -> None:
     store = SegmentStore.open("data/segments")
     texts = store.texts(load_tokenizer(BASE_DIR))
     segments = store.index.assign(text=store.index["seg_id"].map(texts))
+    units = store.units()
+    if not units.empty:  # the fields of record units, for their lookup questions
+        segments = segments.merge(units.drop(columns="unit"), on="seg_id", how="left")
     generate = get_generator(params.qa.generator)
     qa, stats = generate(segments, params.qa, params.seed)
     with atomic_file("data/qa/qa.parquet") as tmp:

@@ -1,4 +1,4 @@
-"""Stage segment: training documents -> 128-token segments (data/segments/)."""
+"""Stage segment: training documents -> 128-token segments and record units (data/segments/)."""
 
 from dataclasses import asdict
 
@@ -9,17 +9,23 @@ from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_dir, write_json
 from in2.segments import INDEX_FILE, TOKENS_FILE, segment_documents
 from in2.stage import log, run_stage
+from in2.units import UNITS_FILE, append_units, render_units
 
 
 def main(params, args) -> None:
     docs = pd.read_parquet("data/corpus/train.parquet")
     tokenizer = load_tokenizer(BASE_DIR)
     tokens, index, stats = segment_documents(docs, tokenizer, params.segment)
+    units = render_units(docs, params.segment.units, params.seed)
+    tokens, index, unit_table = append_units(tokens, index, units, tokenizer)
     with atomic_dir("data/segments") as out:
         np.save(out / TOKENS_FILE, tokens)
         index.to_parquet(out / INDEX_FILE, index=False)
-    log.info("segment: %s", stats)
-    write_json("metrics/segment.json", asdict(stats))
+        unit_table.to_parquet(out / UNITS_FILE, index=False)
+    counts = unit_table["unit"].value_counts().sort_index()
+    unit_counts = {str(k): int(v) for k, v in counts.items()}
+    log.info("segment: %s; units %s", stats, unit_counts)
+    write_json("metrics/segment.json", {**asdict(stats), "units": unit_counts})
 
 
 if __name__ == "__main__":

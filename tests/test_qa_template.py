@@ -61,7 +61,11 @@ def test_template_qa_is_grounded_and_deterministic():
                 part = row.answer.split(f"{i}. ", 1)[1].split(f" {i + 1}. ", 1)[0]
             assert f"{kw} {part}" in g
         assert {doc[s] for s in row.gold_segments} == {row.source_doc}
-    assert st.accepted == {"fine_grained": 91 - 1, "integration": 30}
+    assert st.accepted == {
+        "fine_grained": 91 - 1,
+        "fine_grained:continuation": 91 - 1,  # the only task (qa.tasks default)
+        "integration": 30,
+    }
     assert st.rejected == {
         "fine_grained:no_unique_cue": 1,  # "a b." is too short
         "integration:too_few_segments": 1,  # the lonely document

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,17 @@ def test_write_report_writes_the_csv_dvc_plots_read_and_a_heatmap_per_model(
     assert "| in2 | 37.5 / 25.0 | 37.5 / 25.0 |" in strict
     assert "| base | – | – |" in strict  # no strict scores recorded for base here
     assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []  # nothing half-written left
+
+
+def test_write_report_adds_the_paired_comparison(scores: dict, tmp_path: Path) -> None:
+    from in2.paired_bootstrap import paired_bootstrap
+
+    gain = paired_bootstrap({(("s", 0), p): (0.0, 1.0) for p in range(5)}, 5, n_resamples=50)
+    none = paired_bootstrap({(("s", 0), 0): (0.0, 0.0), (("s", 0), 1): (0.0, 1.0)}, 5)
+    comparison = {"strict": {"document": gain.to_dict(), "code": none.to_dict()}}
+    write_report(scores, ["document"], tmp_path, comparison)
+    text = (tmp_path / "scores.md").read_text()
+    assert "IN2-trained minus base, strict variants" in text
+    assert "| document | 0.0 | 100.0 | +100.0 | [+100.0, +100.0] | yes | 5 |" in text
+    assert "| code | 0.0 | 50.0 | +50.0 | [+0.0, +100.0] | no | 2 |" in text
+    assert json.loads((tmp_path / "comparison.json").read_text()) == comparison

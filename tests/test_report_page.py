@@ -148,6 +148,28 @@ def test_page_is_self_contained(scores: dict, tmp_path: Path) -> None:
     assert set(tables.links) - set(images) == {"data_quality/docs/index.html"}  # relative
 
 
+def test_page_shows_the_paired_comparison(scores: dict) -> None:
+    row = {
+        "base": 0.1,
+        "trained": 0.4,
+        "diff": 0.3,
+        "ci_low": 0.2,
+        "ci_high": 0.45,
+        "excludes_zero": True,
+        "n_queries": 120,
+        "confidence": 0.95,
+        "n_resamples": 10,
+    }
+    comparison = {"strict": {"document": row}}
+    page = render_page(scores, TASKS, {}, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db", comparison)
+    assert 'id="comparison-strict"' in page
+    assert (
+        "<td>document</td><td>10.0</td><td>40.0</td><td>+30.0</td><td>[+20.0, +45.0]</td>" in page
+    )
+    plain = render_page(scores, TASKS, {}, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db")
+    assert "No paired comparison" in plain
+
+
 def test_page_marks_a_column_the_run_did_not_probe(scores: dict) -> None:
     del scores["in2"]["code"]
     page = render_page(scores, TASKS, {}, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db")

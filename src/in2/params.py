@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 KINDS = ("fine_grained", "integration", "short", "general")
+QA_TASKS = ("continuation", "quote", "record", "entry")
+"""Fine-grained tasks of the `template` generator (in2.qa_template, in2.qa_lookup)."""
 PROBE_TASKS = ("document", "code", "database")
 
 
@@ -134,6 +136,10 @@ class SegmentParams(_Section):
     """Short tail policy: `drop` it (a 5-token fragment carries no answerable information) or
     `merge` it into the document's previous segment (which then exceeds `length`; a document
     shorter than `min_tokens` is dropped either way)."""
+    units: list[Literal["record", "entry"]] = Field(default_factory=list)
+    """Record units to add after the prose segments (see in2.units): `record` (a made-up key
+    with a document's title and description) and/or `entry` (its title over its first
+    sentences). The QA generator asks lookups about them (`qa.tasks`); [] adds none."""
 
     @model_validator(mode="after")
     def _min_le_length(self) -> SegmentParams:
@@ -222,8 +228,28 @@ class QAParams(_Section):
     """Cap on fine-grained candidates (segments asked about; a seeded sample); null: all."""
     max_integration: int | None = Field(None, gt=0)
     """Cap on integration candidates (documents asked about; a seeded sample); null: all."""
+    tasks: dict[str, float] = Field(default_factory=lambda: {"continuation": 1.0})
+    """`template`: share of each task among the fine-grained pairs: `continuation` (the words
+    after a quoted cue), `quote` (the whole sentence holding a cue), `record` (a record unit's
+    name and description from its key) and `entry` (an entry unit's heading from a quoted piece
+    of its text); must sum to 1. `record` and `entry` need those units (`segment.units`)."""
     openai: OpenAIQAParams = OpenAIQAParams()
     """Settings of the `openai` generator."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_ok(cls, tasks: dict[str, float]) -> dict[str, float]:
+        unknown = set(tasks) - set(QA_TASKS)
+        if unknown:
+            raise ValueError(
+                f"unknown task(s) {sorted(unknown)}; expected some of {list(QA_TASKS)}"
+            )
+        if any(f < 0 for f in tasks.values()):
+            raise ValueError("shares must be >= 0")
+        total = sum(tasks.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"shares must sum to 1, got {total:g}")
+        return tasks
 
 
 class ContextLength(_Section):
@@ -442,6 +468,16 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
+        missing = [
+            t
+            for t in ("record", "entry")
+            if self.qa.tasks.get(t, 0) > 0 and t not in self.segment.units
+        ]
+        if missing:
+            raise ValueError(
+                f"qa.tasks asks for {missing} pairs but segment.units does not build those "
+                f"units (it has {self.segment.units}): add them there or set their share to 0"
+            )
         if self.synthesize.context_tokens.max < self.segment.length:
             raise ValueError(
                 "synthesize.context_tokens.max must be >= segment.length "

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from in2.params import QAParams
+from in2.units import TEXT_UNIT
 
 KINDS = ("fine_grained", "integration")
 COLUMNS = [
@@ -95,7 +96,13 @@ def _sample(items: list[T], cap: int | None, rng: random.Random) -> list[T]:
 def select_candidates(
     segments: pd.DataFrame, params: QAParams, seed: int, stats: QAStats
 ) -> Candidates:
-    """Seeded, capped choice of candidates; documents with too few segments are counted."""
+    """Seeded, capped choice of candidates; documents with too few segments are counted.
+
+    Only prose segments are candidates: record units (in2.units, `unit` column) are asked about
+    by their own tasks.
+    """
+    if "unit" in segments:
+        segments = segments[segments["unit"] == TEXT_UNIT]
     segments = segments.sort_values("seg_id")
     fine = _sample(
         segments["seg_id"].astype(int).tolist(),

@@ -10,6 +10,10 @@ answer is recoverable from the gold segment text and from nothing else:
 
 Each pair records its `keywords` (the cues): synthesis keeps them unique within a context, so
 a question never becomes ambiguous because a filler quotes the same words.
+
+Besides continuations, the fine-grained pairs can be sentence quotes and lookups over record
+units (in2.qa_lookup); `qa.tasks` sets each task's share of the fine-grained pairs
+(`balance_tasks`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from tqdm import tqdm
 
 from in2.params import QAParams
 from in2.qa import QAStats, qa_frame, qa_row, select_candidates
+from in2.qa_lookup import quote_pairs, unit_pairs
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,25 @@ def _row(kind: str, segs: list[int], doc: str, question: str, answer: str, cues:
     )
 
 
+def balance_tasks(
+    pairs: dict[str, list[dict]], shares: dict[str, float], seed: int
+) -> dict[str, list[dict]]:
+    """Fine-grained pairs in the configured task shares: the largest set that keeps them.
+
+    With N = min over tasks of (pairs available / share), a task keeps round(N × share) of its
+    pairs, a seeded sample in the original order; a task with share 0 keeps none.
+    """
+    wanted = {t: f for t, f in shares.items() if f > 0}
+    n = min(len(pairs.get(t, [])) / f for t, f in wanted.items())
+    kept = {}
+    for task, share in wanted.items():
+        rows = pairs.get(task, [])
+        keep = min(len(rows), round(n * share))
+        chosen = sorted(random.Random(f"{seed}:tasks:{task}").sample(range(len(rows)), keep))
+        kept[task] = [rows[i] for i in chosen]
+    return kept
+
+
 def generate_template_qa(
     segments: pd.DataFrame, params: QAParams, seed: int
 ) -> tuple[pd.DataFrame, QAStats]:
@@ -110,15 +134,29 @@ def generate_template_qa(
             cues[seg_id] = find_cue(text[seg_id], params, random.Random(f"{seed}:{seg_id}"))
         return cues[seg_id]
 
+    tasks = {t for t, f in params.tasks.items() if f > 0}
+    fine: dict[str, list[dict]] = {}
+    if "continuation" in tasks:
+        fine["continuation"] = []
+        for seg_id in tqdm(candidates.fine_grained, desc="qa fine_grained"):
+            cue = cue_of(seg_id)
+            if cue is None:
+                stats.reject("fine_grained:no_unique_cue")
+                continue
+            question = fine_grained_question(cue)
+            fine["continuation"].append(
+                _row("fine_grained", [seg_id], doc[seg_id], question, cue.answer, [cue])
+            )
+    if "quote" in tasks:
+        fine["quote"] = quote_pairs(segments, candidates.fine_grained, params, seed, stats)
+    for unit in ("record", "entry"):
+        if unit in tasks:
+            fine[unit] = unit_pairs(segments, unit, params, seed, stats)
     rows = []
-    for seg_id in tqdm(candidates.fine_grained, desc="qa fine_grained"):
-        cue = cue_of(seg_id)
-        if cue is None:
-            stats.reject("fine_grained:no_unique_cue")
-            continue
-        question = fine_grained_question(cue)
-        rows.append(_row("fine_grained", [seg_id], doc[seg_id], question, cue.answer, [cue]))
-        stats.accept("fine_grained")
+    for task, kept in balance_tasks(fine, params.tasks, seed).items():
+        rows.extend(kept)
+        stats.accepted[f"fine_grained:{task}"] = len(kept)
+    stats.accepted["fine_grained"] = len(rows)
 
     for doc_id, segs in tqdm(candidates.integration, desc="qa integration"):
         found = [cue_of(s) for s in segs]

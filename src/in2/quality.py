@@ -60,6 +60,7 @@ from scipy import stats
 
 from in2.leakage import ngrams, probe_ngrams
 from in2.params import KINDS, Params
+from in2.qa_lookup import QUOTING_GENERATORS
 
 LONG_KINDS = ("fine_grained", "integration")
 LONG = "+".join(LONG_KINDS)
@@ -452,6 +453,23 @@ def template_grounded(answer: str, cues: list[str], gold_text: str) -> bool:
     return bool(cues) and rest_ok(0, answer)
 
 
+def quoted_grounded(answer: str, cues: list[str], gold_text: str) -> bool:
+    """Is a quoting answer (sentence quote, record lookup) a verbatim piece of the gold text,
+    and does every cue of its question occur there?"""
+    text = " ".join(gold_text.split())
+    return bool(cues) and all(" ".join(c.split()) in text for c in [answer, *cues])
+
+
+def grounded(generator: str, answer: str, cues: list[str], gold_text: str) -> bool:
+    """Grounding of one QA pair by its generator's rule; True for LLM pairs (an LLM answer
+    need not quote its text)."""
+    if generator in QUOTING_GENERATORS:
+        return quoted_grounded(answer, cues, gold_text)
+    if generator.startswith("template"):
+        return template_grounded(answer, cues, gold_text)
+    return True
+
+
 def qa_table(
     qa: pd.DataFrame, segments: pd.DataFrame | None, segment_text: dict[int, str] | None
 ) -> pd.DataFrame:
@@ -470,9 +488,7 @@ def qa_table(
     )
     if segment_text is not None:
         table["grounded"] = [
-            template_grounded(a, list(cues), " ".join(segment_text.get(s, "") for s in g))
-            if generator.startswith("template")
-            else True
+            grounded(generator, a, list(cues), " ".join(segment_text.get(s, "") for s in g))
             for a, cues, g, generator in zip(
                 qa["answer"], qa["keywords"], gold, table["generator"], strict=True
             )
@@ -839,7 +855,8 @@ def qa_expectations(with_segments: bool, with_text: bool) -> list[gxe.Expectatio
             _expect(
                 gxe.ExpectColumnValuesToBeInSet,
                 "qa.template.grounded",
-                "Every template answer follows its cue(s) in the gold segments' text.",
+                "Every template answer follows its cue(s) in the gold segments' text (quotes and "
+                "lookups: the answer and the cue are verbatim pieces of it).",
                 column="grounded",
                 value_set=[True],
             )

@@ -65,6 +65,22 @@ def scores_table(scores: Scores, tasks: Sequence[str], strict: bool = False) -> 
     return "\n".join(lines) + "\n"
 
 
+def comparison_table(comparison: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of `reports/comparison.json` for one metric variant: per task the base and
+    trained Avg, their difference and its paired bootstrap interval (× 100)."""
+    lines = [
+        "| task | base Avg | in2 Avg | in2 − base | 95% CI | excludes 0 | queries |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task, c in comparison.items():
+        lines.append(
+            f"| {task} | {100 * c['base']:.1f} | {100 * c['trained']:.1f} | "
+            f"{100 * c['diff']:+.1f} | [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}] | "
+            f"{'yes' if c['excludes_zero'] else 'no'} | {c['n_queries']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot_curves(scores: Scores, tasks: Sequence[str]) -> Figure:
     """One panel per task: score per position bin, a curve with std error bars per model."""
     fig = Figure(figsize=(6 * len(tasks), 4.5), layout="constrained")
@@ -158,10 +174,27 @@ def plot_heatmap(entry: Mapping[str, Any], tasks: Sequence[str], max_depths: int
     return fig
 
 
-def write_report(scores: Scores, tasks: Sequence[str], out_dir: str | Path) -> None:
+def write_report(
+    scores: Scores,
+    tasks: Sequence[str],
+    out_dir: str | Path,
+    comparison: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
     """`probe_curves.png`, `scores.md`, `scores.json`, `positions/<task>.csv` and
-    `heatmap_<model>.png` (one row per probed length) in `out_dir`, each written atomically."""
+    `heatmap_<model>.png` (one row per probed length) in `out_dir`, each written atomically;
+    with `comparison` (metric variant -> task -> in2.paired_bootstrap.PairedDifference as a
+    dict), `comparison.json` and its tables in `scores.md`."""
     out = Path(out_dir)
+    compared = ""
+    for variant, label in (("strict", "strict variants"), ("paper", "the paper's metrics")):
+        if comparison and variant in comparison:
+            c = next(iter(comparison[variant].values()))
+            compared += (
+                f"\nIN2-trained minus base, {label}: paired bootstrap "
+                f"{100 * c['confidence']:.0f}% interval of the Avg difference "
+                f"({c['n_resamples']:,} resamples of the queries within each set and bin; "
+                "in2.paired_bootstrap):\n\n" + comparison_table(comparison[variant])
+            )
     with atomic_file(out / "probe_curves.png") as tmp:
         plot_curves(scores, tasks).savefig(tmp, format="png", dpi=120)
     with atomic_file(out / "scores.md") as tmp:
@@ -171,8 +204,11 @@ def write_report(scores: Scores, tasks: Sequence[str], out_dir: str | Path) -> N
             + "\nStrict variants (not the paper's: document recall on the words outside the "
             "asked piece, database label alone; code unchanged):\n\n"
             + scores_table(scores, tasks, strict=True)
+            + compared
         )
     write_json(out / "scores.json", scores)
+    if comparison is not None:
+        write_json(out / "comparison.json", comparison)
     for task in tasks:
         rows = position_rows(scores, task)
         with atomic_file(out / "positions" / f"{task}.csv") as tmp, tmp.open("w", newline="") as f:

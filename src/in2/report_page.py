@@ -208,6 +208,35 @@ def _gate(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _comparison(comparison: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """The paired bootstrap table (strict variants first), or a note that there is none."""
+    if not comparison:
+        return '<p class="note">No paired comparison (reports/comparison.json).</p>'
+    parts = []
+    for variant, label in (("strict", "strict variants"), ("paper", "the paper's metrics")):
+        rows = comparison.get(variant)
+        if not rows:
+            continue
+        body = "".join(
+            f"<tr><td>{html.escape(task)}</td><td>{100 * c['base']:.1f}</td>"
+            f"<td>{100 * c['trained']:.1f}</td><td>{100 * c['diff']:+.1f}</td>"
+            f"<td>[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]</td>"
+            f"<td>{'yes' if c['excludes_zero'] else 'no'}</td><td>{c['n_queries']}</td></tr>"
+            for task, c in rows.items()
+        )
+        parts.append(
+            f"<h3>{label}</h3>"
+            f'<table id="comparison-{variant}"><thead><tr><th>task</th><th>base Avg</th>'
+            "<th>in2 Avg</th><th>in2 − base</th><th>95% CI</th><th>excludes 0</th>"
+            f"<th>queries</th></tr></thead><tbody>{body}</tbody></table>"
+        )
+    return "".join(parts) + (
+        '<p class="note">Paired over the same queries: the 2.5th–97.5th percentile of the Avg '
+        "difference over bootstrap resamples of the queries within each (set, position bin) "
+        "(in2.paired_bootstrap). × 100.</p>"
+    )
+
+
 def _runs(run_ids: Mapping[str, str | None], tracking_uri: str) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td><code>{html.escape(run_id or 'not found')}</code>"
@@ -231,8 +260,10 @@ def render_page(
     gate: Mapping[str, Any],
     run_ids: Mapping[str, str | None],
     tracking_uri: str,
+    comparison: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """The page as one HTML string; `figures`: caption -> PNG bytes (the probe figures)."""
+    """The page as one HTML string; `figures`: caption -> PNG bytes (the probe figures);
+    `comparison`: reports/comparison.json (the paired bootstrap of in2 − base)."""
     columns = [*tasks, "all"]
     lengths = ", ".join(f"{t:,}" for t in probed_lengths(scores, tasks)) or "unknown"
     tokens = synthesize.get("tokens", {})
@@ -256,6 +287,8 @@ agree with each other; not re-checked against the PDF). A different scale (32K-t
 Mistral-7B-Instruct-v0.2; IN2-trained: FILM-7B.</p></div>
 </div>
 <p class="note">Avg: mean score over position bins; Gap: best bin − worst bin (docs/probing.md).</p>
+<h2>IN2-trained minus base: Avg difference (× 100)</h2>
+{_comparison(comparison)}
 <h2>Probe figures</h2>
 {images}
 <h2>Data card (data/in2)</h2>
@@ -280,9 +313,10 @@ def write_page(
     run_ids: Mapping[str, str | None],
     tracking_uri: str,
     out: str | Path,
+    comparison: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Render the page with the PNGs at `figure_paths` embedded and write it atomically to `out`."""
     figures = {path.name: path.read_bytes() for path in figure_paths}
-    page = render_page(scores, tasks, figures, synthesize, gate, run_ids, tracking_uri)
+    page = render_page(scores, tasks, figures, synthesize, gate, run_ids, tracking_uri, comparison)
     with atomic_file(out) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from in2.params import SegmentParams
+from in2.units import UNIT_COLUMNS, UNITS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ class SegmentStore:
     index: pd.DataFrame
     starts: np.ndarray
     lengths: np.ndarray
+    folder: Path | None = None
+    """Where the store was opened from (None for one built in memory)."""
 
     @classmethod
     def open(cls, folder: str | Path, populate: bool = False) -> SegmentStore:
@@ -161,7 +164,7 @@ class SegmentStore:
         if not (index["seg_id"].to_numpy() == np.arange(len(index))).all():
             raise ValueError(f"{folder / INDEX_FILE}: seg_id must equal the row number")
         tokens = map_tokens(folder / TOKENS_FILE, populate)
-        return cls(tokens, index, index["start"].to_numpy(), index["n_tokens"].to_numpy())
+        return cls(tokens, index, index["start"].to_numpy(), index["n_tokens"].to_numpy(), folder)
 
     def ids(self, seg_id: int) -> np.ndarray:
         start = self.starts[seg_id]
@@ -179,6 +182,13 @@ class SegmentStore:
         # token t of segment i sits at starts[i] + (t - first token of segment i in the context)
         shift = np.repeat(self.starts[seg_ids] - (ends - lengths), lengths)
         return np.take(self.tokens, np.arange(ends[-1] if len(ends) else 0) + shift)
+
+    def units(self) -> pd.DataFrame:
+        """The fields of the record units (in2.units), if the store has any; else empty."""
+        path = None if self.folder is None else self.folder / UNITS_FILE
+        if path is None or not path.is_file():
+            return pd.DataFrame(columns=UNIT_COLUMNS)
+        return pd.read_parquet(path)
 
     def texts(self, tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
         """Decoded text of every segment (for QA generation and decontamination)."""

@@ -13,6 +13,11 @@ Per example of a long-context kind (fine_grained, integration):
   3. the k gold segments take a uniformly random k-subset of the m + k slots: in source order
      (`gold_order: source`) or shuffled. Pooled over examples, gold slots are uniform.
 
+A QA pair about a record unit (in2.units: short lines such as `CE-4821 | name | description`)
+gets a context of units of its own type instead of prose: units of other documents are added
+until the next one would pass the target (one more if the total is still below the target's
+bin), so its length is in range and balanced like the others (`unit_fillers`).
+
 Everything is numpy over whole arrays, grouped by (k, m) so that a group is one dense
 (examples × slots) matrix: the paper's 1.75M examples over 10M segments take about a minute on
 two cores (bench/synthesis_scale.py). Only the optional cue check touches text.
@@ -31,6 +36,7 @@ import pyarrow as pa
 
 from in2.corpus import unit_hash
 from in2.params import KINDS, ContextLength, InputError, SynthesizeParams
+from in2.units import TEXT_UNIT
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +112,39 @@ def filler_counts(
     a, z = np.maximum(lo, in_lo), np.minimum(hi, in_hi)
     a, z = np.where(a <= z, a, lo), np.where(a <= z, z, hi)
     return np.clip(np.floor((targets - gold_tokens) / seg_len).astype(np.int64), a, z)
+
+
+def unit_fillers(
+    pool: FillerPool,
+    lengths: np.ndarray,
+    rng: np.random.Generator,
+    gold_doc: np.ndarray,
+    gold_tokens: np.ndarray,
+    targets: np.ndarray,
+    c: ContextLength,
+    keywords: list[list[str]] | None = None,
+) -> list[np.ndarray]:
+    """Fillers of variable length (units) per example: as many as keep gold + fillers within
+    the target, plus one more if that total is still below the lower edge of the target's bin.
+
+    `lengths` are the token counts of every segment id. A bin wider than the longest unit always
+    leaves room for that one more, so lengths stay in [min, max] and balanced over the bins.
+    """
+    n = len(gold_doc)
+    if n == 0:
+        return []
+    shortest = int(lengths[pool.segments].min())
+    width_needed = int(np.max(targets - gold_tokens)) // max(shortest, 1) + 2
+    fillers = pool.draw(rng, gold_doc, width_needed, keywords)
+    total = gold_tokens[:, None] + np.cumsum(lengths[fillers], axis=1)
+    m = (total <= targets[:, None]).sum(axis=1)
+    width = (c.max - c.min) / c.bins
+    bin_lo = c.min + np.minimum((targets - c.min) // width, c.bins - 1) * width
+    reached = np.where(m > 0, total[np.arange(n), np.maximum(m - 1, 0)], gold_tokens)
+    m = np.where(reached < bin_lo, m + 1, m)
+    if (m > width_needed).any():  # cannot happen: the draw is long enough to pass any target
+        raise SynthesisError("internal: unit fillers too short for their targets")
+    return [fillers[i, : m[i]] for i in range(n)]
 
 
 @dataclass
@@ -230,6 +269,8 @@ class SegmentIndex:
     doc: np.ndarray
     n_tokens: np.ndarray
     doc_codes: dict[str, int]
+    unit: np.ndarray | None = None
+    """Unit type per segment id (in2.units; `text` for prose); None: all prose."""
 
     @classmethod
     def from_frame(cls, index: pd.DataFrame) -> SegmentIndex:
@@ -238,7 +279,14 @@ class SegmentIndex:
             codes.astype(np.int64),
             index["n_tokens"].to_numpy(np.int64),
             {d: i for i, d in enumerate(uniques)},
+            index["unit"].astype(str).to_numpy() if "unit" in index else None,
         )
+
+    def unit_of(self, seg_ids: np.ndarray) -> np.ndarray:
+        """Unit type of each segment id."""
+        if self.unit is None:
+            return np.full(len(seg_ids), TEXT_UNIT, dtype=object)
+        return self.unit[seg_ids].astype(object)
 
     def code(self, docs: pd.Series) -> np.ndarray:
         """Document codes; -1 for a document without segments (e.g. general instructions)."""
@@ -300,15 +348,17 @@ def build_split(
     n: int,
     qa: pd.DataFrame,
     segments: SegmentIndex,
-    pool: FillerPool,
+    pools: dict[str, FillerPool],
     params: SynthesizeParams,
     seg_len: int,
     rng: np.random.Generator,
 ) -> pa.Table:
     """Examples of one split, in the configured mix, in a shuffled order.
 
-    The context layout (row lengths, hence offsets) is known before any filler is drawn, so
-    every group of long examples writes straight into the final flat array.
+    `pools` holds a filler pool per unit type (`text`: full-length prose segments). For prose
+    the context layout (row lengths, hence offsets) is known before any filler is drawn; unit
+    fillers, of variable length, are drawn first. Every group of long examples then writes
+    straight into the final flat array.
     """
     rows = pick_qa(split, n, qa, params.mix, rng)
     rows = rows.iloc[rng.permutation(len(rows))].reset_index(drop=True)
@@ -320,8 +370,35 @@ def build_split(
     # short: the gold segments alone, in order; general: no context (and no gold)
     long = np.flatnonzero(np.isin(kind, LONG_KINDS))
     m = np.zeros(len(rows), dtype=np.int64)
+    filler_tokens = np.zeros(len(rows), dtype=np.int64)
     targets = target_lengths(len(long), params.context_tokens, rng)
-    m[long] = filler_counts(gold_tokens[long], targets, seg_len, params.context_tokens)
+    unit = segments.unit_of(gold_segments[gold_offsets[long]])
+    prose = unit == TEXT_UNIT
+    m[long[prose]] = filler_counts(
+        gold_tokens[long[prose]], targets[prose], seg_len, params.context_tokens
+    )
+    filler_tokens[long[prose]] = m[long[prose]] * seg_len
+    doc = segments.code(rows["source_doc"])
+    keywords = rows["keywords"]
+    unit_drawn: dict[int, np.ndarray] = {}  # row -> its unit fillers
+    for u in sorted(set(unit[~prose])):
+        members, pool = long[unit == u], pools.get(u)
+        if pool is None:
+            raise SynthesisError(f"{split}: QA pairs about {u} units but no {u} units to fill with")
+        cues = [list(keywords.iloc[r]) for r in members] if pool.text is not None else None
+        drawn = unit_fillers(
+            pool,
+            segments.n_tokens,
+            rng,
+            doc[members],
+            gold_tokens[members],
+            targets[unit == u],
+            params.context_tokens,
+            cues,
+        )
+        for r, fill in zip(members, drawn, strict=True):
+            unit_drawn[int(r)] = fill
+            m[r], filler_tokens[r] = len(fill), int(segments.n_tokens[fill].sum())
     ctx_len = np.where(kind == "general", 0, k + m)
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(ctx_len, out=offsets[1:])
@@ -334,20 +411,27 @@ def build_split(
     context[np.repeat(short, ctx_len)] = gold_segments[short_gold]
     slots[short_gold] = within_row[short_gold]
 
-    doc = segments.code(rows["source_doc"])
-    keywords = rows["keywords"] if pool.text is not None else None
-    groups = pd.DataFrame({"k": k[long], "m": m[long]}).groupby(["k", "m"], sort=True).indices
-    for (kk, mm), members in groups.items():
+    text_pool = pools[TEXT_UNIT]
+    groups = (
+        pd.DataFrame({"k": k[long], "m": m[long], "prose": prose})
+        .groupby(["k", "m", "prose"], sort=True)
+        .indices
+    )
+    for (kk, mm, is_prose), members in groups.items():
         group = long[members]
         gold = gold_segments[gold_offsets[group][:, None] + np.arange(kk)]
-        cues = [list(keywords.iloc[r]) for r in group] if keywords is not None else None
-        fillers = pool.draw(rng, doc[group], int(mm), cues)
+        if is_prose:
+            cues = [list(keywords.iloc[r]) for r in group] if text_pool.text is not None else None
+            fillers = text_pool.draw(rng, doc[group], int(mm), cues)
+        else:
+            fillers = np.stack([unit_drawn[int(r)] for r in group]).reshape(len(group), int(mm))
         ctx, gold_slots = place_gold(rng, gold, fillers, params.gold_order == "shuffle")
         context[offsets[group][:, None] + np.arange(kk + mm)] = ctx
         slots[gold_offsets[group][:, None] + np.arange(kk)] = gold_slots
 
-    # fillers are full-length segments, so a context's length needs no gather over its ids
-    n_tokens = np.where(kind == "general", 0, gold_tokens + m * seg_len)
+    # prose fillers are full-length segments and unit fillers were summed when drawn, so a
+    # context's length needs no gather over its ids
+    n_tokens = np.where(kind == "general", 0, gold_tokens + filler_tokens)
     return pa.table(
         {
             "example_id": _example_ids(split, kind, rows["qa_id"].to_numpy()),
@@ -434,15 +518,22 @@ def synthesize(
     doc_names = pd.Series(list(segments.doc_codes), dtype=object)
     is_val_doc = in_val(doc_names)
     clean_doc = ~doc_names.isin(contaminated_docs).to_numpy()
-    usable = (segments.n_tokens == seg_len) & clean_doc[segments.doc]
+    unit = segments.unit_of(np.arange(len(segments.doc)))
+    full = segments.n_tokens == seg_len  # prose fillers are full-length; units any length
+    usable = {
+        u: clean_doc[segments.doc] & (unit == u) & (full | (u != TEXT_UNIT))
+        for u in sorted(set(unit) | {TEXT_UNIT})
+    }
     qa_is_val = in_val(qa["source_doc"])
     rng = np.random.default_rng(seed)
     cues = segment_text if segment_text and qa["keywords"].map(len).any() else None
     splits = {}
     for split, n, val in (("train", params.n_train, False), ("val", params.n_val, True)):
-        in_split = usable & (is_val_doc[segments.doc] == val)
-        pool = FillerPool(np.flatnonzero(in_split), segments.doc, cues)
-        table = build_split(split, n, qa[qa_is_val == val], segments, pool, params, seg_len, rng)
+        side = is_val_doc[segments.doc] == val
+        pools = {
+            u: FillerPool(np.flatnonzero(ok & side), segments.doc, cues) for u, ok in usable.items()
+        }
+        table = build_split(split, n, qa[qa_is_val == val], segments, pools, params, seg_len, rng)
         splits[split] = table
         stats.counts[split] = dict(sorted(table["kind"].to_pandas().value_counts().items()))
         stats.length_hist[split], stats.position_hist[split] = histograms(
