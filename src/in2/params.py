@@ -9,6 +9,7 @@ Unknown keys are errors too: a typo must never silently fall back to a default.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -214,6 +215,21 @@ class OpenAIProbeParams(OpenAIEndpointParams):
     """On-disk response cache (outside every DVC output), so no call is ever paid for twice."""
 
 
+def check_shares(
+    shares: dict[str, float], allowed: Sequence[str], noun: str, what: str
+) -> dict[str, float]:
+    """Shares of named parts (a data mix, QA tasks): known names, each >= 0, summing to 1."""
+    unknown = set(shares) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown {noun}(s) {sorted(unknown)}; expected some of {list(allowed)}")
+    if any(f < 0 for f in shares.values()):
+        raise ValueError(f"{what} must be >= 0")
+    total = sum(shares.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"{what} must sum to 1, got {total:g}")
+    return shares
+
+
 class QAParams(_Section):
     generator: Literal["template", "openai"] = "template"
     """QA generator: `template` (offline, deterministic; see in2.qa_template) or `openai`
@@ -239,17 +255,7 @@ class QAParams(_Section):
     @field_validator("tasks")
     @classmethod
     def _tasks_ok(cls, tasks: dict[str, float]) -> dict[str, float]:
-        unknown = set(tasks) - set(QA_TASKS)
-        if unknown:
-            raise ValueError(
-                f"unknown task(s) {sorted(unknown)}; expected some of {list(QA_TASKS)}"
-            )
-        if any(f < 0 for f in tasks.values()):
-            raise ValueError("shares must be >= 0")
-        total = sum(tasks.values())
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"shares must sum to 1, got {total:g}")
-        return tasks
+        return check_shares(tasks, QA_TASKS, "task", "shares")
 
 
 class ContextLength(_Section):
@@ -330,15 +336,7 @@ class SynthesizeParams(_Section):
     @field_validator("mix")
     @classmethod
     def _mix_ok(cls, mix: dict[str, float]) -> dict[str, float]:
-        unknown = set(mix) - set(KINDS)
-        if unknown:
-            raise ValueError(f"unknown kind(s) {sorted(unknown)}; expected some of {list(KINDS)}")
-        if any(f < 0 for f in mix.values()):
-            raise ValueError("fractions must be >= 0")
-        total = sum(mix.values())
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"fractions must sum to 1, got {total:g}")
-        return mix
+        return check_shares(mix, KINDS, "kind", "fractions")
 
 
 class ValidateParams(_Section):
