@@ -13,12 +13,11 @@ from pathlib import Path
 from in2.outputs import read_jsonl
 from in2.paired_bootstrap import compare_predictions
 from in2.report import load_scores, write_report
-from in2.report_page import find_run_ids, write_page
+from in2.report_page import RESULTS, find_run_ids, write_page
 from in2.stage import log, run_stage
 from in2.tracking import input_tags, mlflow_run, stage_inputs, tracking_uri
 
 MODELS = ("base", "in2")
-RESULTS = Path("results/probe")
 OUT = Path("reports")
 DATA_CARD = {
     "synthesize": Path("metrics/synthesize.json"),
