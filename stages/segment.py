@@ -16,7 +16,13 @@ def main(params, args) -> None:
     docs = pd.read_parquet("data/corpus/train.parquet")
     tokenizer = load_tokenizer(BASE_DIR)
     tokens, index, stats = segment_documents(docs, tokenizer, params.segment)
-    units = render_units(docs, params.segment.units, params.seed)
+    units = render_units(
+        docs,
+        params.segment.units,
+        params.seed,
+        params.segment.entry_words,
+        params.segment.entry_line_words,
+    )
     tokens, index, unit_table = append_units(tokens, index, units, tokenizer)
     with atomic_dir("data/segments") as out:
         np.save(out / TOKENS_FILE, tokens)

@@ -20,6 +20,7 @@ from in2.units import (
     append_units,
     make_keys,
     render_units,
+    wrap_lines,
 )
 
 
@@ -111,6 +112,28 @@ def test_entry_cue_avoids_the_heading():
     for seed in range(10):
         cue = entry_cue(value, "Paris", 4, random.Random(seed))
         assert cue in value and "Paris" not in cue
+
+
+def test_wrap_lines_makes_the_fewest_near_equal_lines():
+    text = " ".join(f"w{i}" for i in range(17))
+    lines = wrap_lines(text, 8).split("\n")
+    assert [len(line.split()) for line in lines] == [6, 5, 6]  # not 8 + 8 + a 1-word stub
+    assert " ".join(lines) == text
+    assert wrap_lines("one two three", 8) == "one two three"
+
+
+def test_lined_entries_are_asked_about_one_whole_line():
+    text = [" ".join(f"Sentence {j} of {i} has its own words." for j in range(3)) for i in range(5)]
+    d = docs(5).assign(text=text)
+    entries = render_units(d, ["entry"], seed=0, entry_words=16, entry_line_words=5)
+    assert len(entries) == 5
+    for e in entries:
+        assert e.text.startswith(f"## {e.name}\n")
+        lines = e.value.split("\n")
+        assert len(lines) == 4 and all(len(line.split()) <= 5 for line in lines)  # 16 words
+        for seed in range(5):
+            cue = entry_cue(e.value, e.name, 6, random.Random(seed))
+            assert cue in lines and e.name not in cue
 
 
 def unit_segments():

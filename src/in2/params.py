@@ -141,6 +141,13 @@ class SegmentParams(_Section):
     """Record units to add after the prose segments (see in2.units): `record` (a made-up key
     with a document's title and description) and/or `entry` (its title over its first
     sentences). The QA generator asks lookups about them (`qa.tasks`); [] adds none."""
+    entry_words: int = Field(40, gt=0)
+    """Words of an entry's text: its document's first sentences, whole, up to this many (a
+    longer first sentence alone, up to twice as many)."""
+    entry_line_words: int | None = Field(None, gt=2)
+    """Break an entry's text into lines of at most this many words, and ask about one whole
+    line (a block of short lines, as in a list or code); null: one line, asked about with a run
+    of `qa.cue_words` words."""
 
     @model_validator(mode="after")
     def _min_le_length(self) -> SegmentParams:

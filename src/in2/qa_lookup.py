@@ -84,8 +84,17 @@ def quote_pair(text: str, cue_words: int, rng: random.Random) -> tuple[str, str]
     return None
 
 
+ENTRY_LINE_MIN_WORDS = 3
+"""A line of a lined entry is a cue only with at least this many words (else too vague)."""
+
+
 def entry_cue(value: str, name: str, cue_words: int, rng: random.Random) -> str | None:
-    """A run of `cue_words` words of an entry's text that does not contain its heading."""
+    """A piece of an entry's text that does not contain its heading and occurs once in it: one
+    whole line of a lined entry (in2.units.wrap_lines), else a run of `cue_words` words."""
+    if "\n" in value:
+        lines = [line for line in value.split("\n") if len(line.split()) >= ENTRY_LINE_MIN_WORDS]
+        rng.shuffle(lines)
+        return next((x for x in lines if name not in x and value.count(x) == 1), None)
     words = value.split()
     starts = list(range(len(words) - cue_words + 1))
     rng.shuffle(starts)

@@ -6,8 +6,9 @@ of every retrieval task. Record units add that situation, built from the trainin
 
 - `record`: a key (made up, e.g. `CE-4821`) with a document's title and short description, in
   one of a few layouts (`RECORD_LAYOUTS`); asked forward: the key -> what is filed under it;
-- `entry`: a document's title as a heading over its first sentence(s); asked backward: a quoted
-  piece of the text -> the heading it sits under.
+- `entry`: a document's title as a heading over its first sentence(s), on one line or broken
+  into short lines (`wrap_lines`); asked backward: a quoted piece of the text, or one whole
+  line -> the heading it sits under.
 
 Each document gives at most one unit of each type. A unit is stored in `data/segments` like a
 segment (its token ids in the flat array, a row in the index with `unit` = its type), so an
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -43,8 +45,6 @@ RECORD_LAYOUTS = (
 )
 """(line, answer) templates of a record: the answer is the part of the line after the key."""
 ENTRY_LAYOUT = "## {name}\n{value}"
-ENTRY_MAX_WORDS = 40
-"""An entry's body: the document's first sentences, whole, up to this many words (at least one)."""
 MAX_FIELD_CHARS = 120
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
@@ -88,9 +88,26 @@ def _field(value: object) -> str:
     return text if len(text) <= MAX_FIELD_CHARS else ""
 
 
-def render_units(docs: pd.DataFrame, types: list[str], seed: int) -> list[Unit]:
+def wrap_lines(text: str, line_words: int) -> str:
+    """`text` broken into the fewest lines of at most `line_words` words, of near-equal length
+    (so no line is a one-word stub)."""
+    words = text.split()
+    n_lines = -(-len(words) // line_words)
+    bounds = [round(i * len(words) / n_lines) for i in range(n_lines + 1)]
+    return "\n".join(" ".join(words[a:b]) for a, b in pairwise(bounds))
+
+
+def render_units(
+    docs: pd.DataFrame,
+    types: list[str],
+    seed: int,
+    entry_words: int = 40,
+    entry_line_words: int | None = None,
+) -> list[Unit]:
     """Units of the requested types for the documents (doc_id, title, description, text).
 
+    An entry's text is its document's first sentences, whole, up to `entry_words` words, on one
+    line or broken into lines of at most `entry_line_words` words (params `segment.*`).
     A document without a usable title (or description, for a record; or first sentence, for an
     entry) gives no unit of that type. Deterministic for a seed and document table.
     """
@@ -117,12 +134,14 @@ def render_units(docs: pd.DataFrame, types: list[str], seed: int) -> list[Unit]:
         for d in frame.itertuples(index=False):
             name, body = _field(d.title), []
             for sentence in sentences(str(d.text or "")):
-                if body and len(" ".join([*body, sentence]).split()) > ENTRY_MAX_WORDS:
+                if body and len(" ".join([*body, sentence]).split()) > entry_words:
                     break
                 body.append(sentence)
             value = " ".join(body)
-            if not name or not value or len(value.split()) > 2 * ENTRY_MAX_WORDS:
+            if not name or not value or len(value.split()) > 2 * entry_words:
                 continue
+            if entry_line_words is not None:
+                value = wrap_lines(value, entry_line_words)
             text = ENTRY_LAYOUT.format(name=name, value=value) + "\n\n"
             units.append(Unit(str(d.doc_id), "entry", "", name, value, name, text))
     return units
