@@ -8,13 +8,28 @@ from in2.probe_metrics import position_curve
 
 
 def test_two_queries_one_cell_gives_the_hand_computed_interval():
-    # one cell, d = [0, 1]: a replicate's mean is 0, 0.5 or 1 with probability 1/4, 1/2, 1/4,
-    # so the 2.5th percentile is 0 and the 97.5th is 1; the point estimate is 0.5
+    # one cell, d = [0, 1]: a resample's mean is 0, 0.5 or 1 with probability 1/4, 1/2, 1/4;
+    # rescaled by sqrt(2/1) around 0.5 that is -0.21, 0.5 or 1.21, so the 2.5th and 97.5th
+    # percentiles are -0.21 and 1.21, clipped to the range of a difference: [-0.21, 1]
     pairs = {(("s", 0), 0): (0.0, 0.0), (("s", 0), 1): (0.0, 1.0)}
     r = paired_bootstrap(pairs, bin_size=5, n_resamples=4000)
     assert (r.base, r.trained, r.diff) == (0.0, 0.5, 0.5)
-    assert (r.ci_low, r.ci_high) == (0.0, 1.0)
+    assert r.ci_low == pytest.approx(0.5 - np.sqrt(2) / 2) and r.ci_high == 1.0
     assert not r.excludes_zero
+
+
+def test_interval_has_the_stratified_variance_even_with_small_cells():
+    # cells of 2 and 3 queries: a plain resample would shrink the spread by sqrt((n-1)/n)
+    rng = np.random.default_rng(3)
+    keys = [((s, 0), p) for s in range(6) for p in range(13)]  # bins of 5, 5, 3 queries per set
+    pairs = {k: (float(rng.random() < 0.4), float(rng.random() < 0.5)) for k in keys}
+    cells: dict = {}
+    for (set_key, p), (a, b) in pairs.items():
+        cells.setdefault((set_key, p // 5), []).append(b - a)
+    w = 1 / (6 * 3)  # 6 sets in each of 3 bins
+    sd = np.sqrt(sum(w**2 * np.var(d, ddof=1) / len(d) for d in cells.values()))
+    r = paired_bootstrap(pairs, bin_size=5, n_resamples=20_000)
+    assert (r.ci_high - r.ci_low) / (2 * 1.96 * sd) == pytest.approx(1.0, abs=0.05)
 
 
 def test_constant_differences_give_a_point_interval_above_zero():

@@ -8,10 +8,17 @@ in2.probe_metrics.position_curve.
 
 The bootstrap resamples queries (set × position units) with replacement inside each (set, bin)
 cell, so every replicate has the cells, and hence the weights, of the real probe: a replicate's
-statistic is sum over cells of (cell mean of resampled d) × w_cell, with
-w_cell = 1 / (sets in the cell's bin × bins). The 95% interval is the 2.5th and 97.5th
-percentile of the replicates (percentile bootstrap). It reflects query-level noise on these probe
-sets: more sets (probe.sets_per_task) narrow it.
+statistic is sum over cells of (rescaled cell mean of resampled d) × w_cell, with
+w_cell = 1 / (sets in the cell's bin × bins).
+
+The rescaling matters because cells are small (bin_size queries at most, often 2-5): a plain
+resample of n values has variance s²(n-1)/n² instead of s²/n, an interval too narrow by a factor
+sqrt((n-1)/n) — 0.71 for a cell of 2. Each cell's resampled mean m* is therefore replaced by
+m + sqrt(n/(n-1)) (m* - m) (the rescaled bootstrap of Rao and Wu, 1988), whose variance is the
+textbook stratified one, sum over cells of w² s² / n. A cell of one query carries no estimate
+of its own noise and adds none. The 95% interval is the 2.5th and 97.5th percentile of the
+replicates (percentile bootstrap), clipped to [-1, 1], the range of a score difference. It
+reflects query-level noise on these probe sets: more sets (probe.sets_per_task) narrow it.
 """
 
 from __future__ import annotations
@@ -90,11 +97,12 @@ def paired_bootstrap(
     for w, v in zip(weights, values, strict=True):
         d = v[:, 1] - v[:, 0]
         draws = rng.integers(len(d), size=(n_resamples, len(d)))
-        replicates += w * d[draws].mean(axis=1)
+        rescale = np.sqrt(len(d) / (len(d) - 1)) if len(d) > 1 else 0.0
+        replicates += w * (d.mean() + rescale * (d[draws].mean(axis=1) - d.mean()))
     base = float(sum(w * v[:, 0].mean() for w, v in zip(weights, values, strict=True)))
     trained = float(sum(w * v[:, 1].mean() for w, v in zip(weights, values, strict=True)))
     tail = (1 - confidence) / 2
-    low, high = np.quantile(replicates, [tail, 1 - tail])
+    low, high = np.clip(np.quantile(replicates, [tail, 1 - tail]), -1.0, 1.0)
     return PairedDifference(
         base=base,
         trained=trained,
