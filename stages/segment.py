@@ -22,6 +22,7 @@ def main(params, args) -> None:
         params.seed,
         params.segment.entry_words,
         params.segment.entry_line_words,
+        tuple(params.segment.entry_layouts),
     )
     tokens, index, unit_table = append_units(tokens, index, units, tokenizer)
     with atomic_dir("data/segments") as out:

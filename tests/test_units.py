@@ -14,6 +14,7 @@ from in2.qa_template import balance_tasks
 from in2.quality import grounded
 from in2.synthesis import synthesize
 from in2.units import (
+    ENTRY_LAYOUTS,
     KEY_LETTERS,
     RECORD_LAYOUTS,
     TEXT_UNIT,
@@ -134,6 +135,21 @@ def test_lined_entries_are_asked_about_one_whole_line():
         for seed in range(5):
             cue = entry_cue(e.value, e.name, 6, random.Random(seed))
             assert cue in lines and e.name not in cue
+
+
+def test_entry_layouts_are_mixed_and_every_cue_reads_in_the_text():
+    entries = render_units(
+        docs(40), ["entry"], seed=0, entry_line_words=4, entry_layouts=tuple(ENTRY_LAYOUTS)
+    )
+    first_lines = {e.text.split("\n")[0] for e in entries}
+    assert {line[:3] for line in first_lines if line.startswith(("## ", "["))} == {"## ", "[Ti"}
+    assert any(line.endswith(":") for line in first_lines)
+    assert any("\n- " in e.text for e in entries) and any("\n  " in e.text for e in entries)
+    for e in entries:
+        assert e.name in e.text.split("\n")[0]
+        assert entry_cue(e.value, e.name, 6, random.Random(0)) in e.text
+    with pytest.raises(ValueError, match="entry layouts must be some of"):
+        render_units(docs(3), ["entry"], seed=0, entry_layouts=("table",))
 
 
 def unit_segments():

@@ -148,6 +148,12 @@ class SegmentParams(_Section):
     """Break an entry's text into lines of at most this many words, and ask about one whole
     line (a block of short lines, as in a list or code); null: one line, asked about with a run
     of `qa.cue_words` words."""
+    entry_layouts: list[Literal["heading", "colon", "bracket", "bullet"]] = Field(
+        default_factory=lambda: ["heading"], min_length=1
+    )
+    """How entries are written, one drawn per entry (in2.units.ENTRY_LAYOUTS): `heading`
+    (`## Title`), `colon` (`Title:` over indented lines), `bracket` (`[Title]`), `bullet`
+    (`Title` over `- ` lines)."""
 
     @model_validator(mode="after")
     def _min_le_length(self) -> SegmentParams:

@@ -44,7 +44,15 @@ RECORD_LAYOUTS = (
     ("{key} = {name} ({value})", "{name} ({value})"),
 )
 """(line, answer) templates of a record: the answer is the part of the line after the key."""
-ENTRY_LAYOUT = "## {name}\n{value}"
+ENTRY_LAYOUTS = {
+    "heading": ("## {name}", ""),
+    "colon": ("{name}:", "  "),
+    "bracket": ("[{name}]", ""),
+    "bullet": ("{name}", "- "),
+}
+"""Entry layout name -> (heading line, prefix of each text line): ways a titled block is written
+in plain text (markdown, an outline, an ini-style section, a list). A mix teaches "the first
+line of the block" rather than one marker."""
 MAX_FIELD_CHARS = 120
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
@@ -103,17 +111,24 @@ def render_units(
     seed: int,
     entry_words: int = 40,
     entry_line_words: int | None = None,
+    entry_layouts: tuple[str, ...] = ("heading",),
 ) -> list[Unit]:
     """Units of the requested types for the documents (doc_id, title, description, text).
 
     An entry's text is its document's first sentences, whole, up to `entry_words` words, on one
-    line or broken into lines of at most `entry_line_words` words (params `segment.*`).
+    line or broken into lines of at most `entry_line_words` words, written in one of
+    `entry_layouts` (ENTRY_LAYOUTS) drawn per entry (params `segment.*`).
     A document without a usable title (or description, for a record; or first sentence, for an
     entry) gives no unit of that type. Deterministic for a seed and document table.
     """
     unknown = set(types) - set(UNIT_TYPES)
     if unknown:
         raise ValueError(f"unknown unit type(s) {sorted(unknown)}; known: {list(UNIT_TYPES)}")
+    unknown = set(entry_layouts) - set(ENTRY_LAYOUTS)
+    if unknown or not entry_layouts:
+        raise ValueError(
+            f"entry layouts must be some of {list(ENTRY_LAYOUTS)}, got {entry_layouts}"
+        )
     rng = np.random.default_rng([seed, 7411])
     units: list[Unit] = []
     frame = docs.sort_values("doc_id")
@@ -142,7 +157,9 @@ def render_units(
                 continue
             if entry_line_words is not None:
                 value = wrap_lines(value, entry_line_words)
-            text = ENTRY_LAYOUT.format(name=name, value=value) + "\n\n"
+            heading, prefix = ENTRY_LAYOUTS[entry_layouts[int(rng.integers(len(entry_layouts)))]]
+            lines = [heading.format(name=name), *(prefix + line for line in value.split("\n"))]
+            text = "\n".join(lines) + "\n\n"
             units.append(Unit(str(d.doc_id), "entry", "", name, value, name, text))
     return units
 
