@@ -147,6 +147,18 @@ def test_contexts_fit_the_token_budget_and_sets_use_different_items(
         assert not items[0] & items[1], f"{task}: sets share items although the pool is large"
 
 
+def test_every_set_holds_the_same_number_of_items(encoder: PromptEncoder) -> None:
+    # items of 1 to 9 words: packed alone, the sets would hold different numbers of items
+    spec = replace(TASKS["document"], name="toy", render="{text}", answer={"completion": "text"})
+    items = [Item({"text": f"item{i} " + "word " * (i % 9)}, (f"item{i} ",)) for i in range(200)]
+    sets = build_task(spec, items, encoder, 60, 6, np.random.default_rng(0))
+    assert len({s.context["n_items"] for s in sets}) == 1
+    for s in sets:
+        n = s.context["n_items"]
+        assert len(s.context["text"].split("\n")) == n and s.context["n_tokens"] <= 60
+        assert [q["position_id"] for q in s.queries] == list(range(n))
+
+
 def test_deterministic_for_a_seed(sources: ProbeSources, encoder: PromptEncoder) -> None:
     def dump(probes: dict) -> str:
         return json.dumps({t: [(s.context, s.queries) for s in sets] for t, sets in probes.items()})

@@ -403,15 +403,24 @@ def build_task(
 ) -> list[ProbeSet]:
     """`n_sets` contexts of <= `context_tokens` tokens; each position asked once if unambiguous.
 
+    Every set holds the same number of items, the fewest that any set's packing fitted (the
+    longer sets lose their last items), as the paper's sets hold a fixed 800 or 750 positions:
+    then every set has every position, and no position bin is made of one set's stragglers —
+    a bin of the one extra item of one set would weigh as much in Avg as a full bin.
     A position is asked with the first keyword of its item that occurs in the item and nowhere
     else in the context, so the question points at exactly one item.
     """
     if not items:
         raise ValueError(f"no items for the {spec.name} probe; check its source material")
     stream, pending = _stream(len(items), rng), []
+    packed = [
+        _pack(items, spec, encoder, context_tokens, stream, pending)[0] for _ in range(n_sets)
+    ]
+    n_items = min(len(chosen) for chosen in packed)
     sets = []
-    for set_id in range(n_sets):
-        chosen, text, n_tokens = _pack(items, spec, encoder, context_tokens, stream, pending)
+    for set_id, chosen in enumerate(chosen[:n_items] for chosen in packed):
+        text = spec.separator.join(spec.render.format(**item.fields) for item in chosen)
+        n_tokens = len(encoder.context(text))
         context_id = f"{spec.name}-{context_tokens}-{set_id}"
         queries, skipped = [], 0
         for position_id, item in enumerate(chosen):
