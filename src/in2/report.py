@@ -192,8 +192,9 @@ def write_report(
             compared += (
                 f"\nIN2-trained minus base, {label}: paired bootstrap "
                 f"{100 * c['confidence']:.0f}% interval of the Avg difference "
-                f"({c['n_resamples']:,} resamples of the queries within each set and bin; "
-                "in2.paired_bootstrap):\n\n" + comparison_table(comparison[variant])
+                f"({c['n_resamples']:,} resamples of the queries within each set and bin, "
+                "rescaled for the small cells; in2.paired_bootstrap):\n\n"
+                + comparison_table(comparison[variant])
             )
     with atomic_file(out / "probe_curves.png") as tmp:
         plot_curves(scores, tasks).savefig(tmp, format="png", dpi=120)

@@ -232,8 +232,8 @@ def _comparison(comparison: Mapping[str, Mapping[str, Any]] | None) -> str:
         )
     return "".join(parts) + (
         '<p class="note">Paired over the same queries: the 2.5th–97.5th percentile of the Avg '
-        "difference over bootstrap resamples of the queries within each (set, position bin) "
-        "(in2.paired_bootstrap). × 100.</p>"
+        "difference over bootstrap resamples of the queries within each (set, position bin), "
+        "rescaled for the small cells (in2.paired_bootstrap). × 100.</p>"
     )
 
 
