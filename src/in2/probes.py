@@ -413,14 +413,14 @@ def build_task(
     if not items:
         raise ValueError(f"no items for the {spec.name} probe; check its source material")
     stream, pending = _stream(len(items), rng), []
-    packed = [
-        _pack(items, spec, encoder, context_tokens, stream, pending)[0] for _ in range(n_sets)
-    ]
-    n_items = min(len(chosen) for chosen in packed)
+    packed = [_pack(items, spec, encoder, context_tokens, stream, pending) for _ in range(n_sets)]
+    n_items = min(len(chosen) for chosen, _, _ in packed)
     sets = []
-    for set_id, chosen in enumerate(chosen[:n_items] for chosen in packed):
-        text = spec.separator.join(spec.render.format(**item.fields) for item in chosen)
-        n_tokens = len(encoder.context(text))
+    for set_id, (chosen, text, n_tokens) in enumerate(packed):
+        if len(chosen) > n_items:  # cut to the common count: re-join and re-count
+            chosen = chosen[:n_items]
+            text = spec.separator.join(spec.render.format(**item.fields) for item in chosen)
+            n_tokens = len(encoder.context(text))
         context_id = f"{spec.name}-{context_tokens}-{set_id}"
         queries, skipped = [], 0
         for position_id, item in enumerate(chosen):

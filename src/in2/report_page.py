@@ -43,9 +43,9 @@ paper summary, which agree; not re-read from the PDF by this code."""
 
 PAPER_LABEL = "paper: 32K tokens, 7B models"
 RUN_NAMES = ("train", "probe-base", "probe-in2")
+"""MLflow run names of the stages whose runs the page links (stages/train.py, stages/probe.py)."""
 RESULTS = Path("results/probe")
 """The probe stage's outputs, one folder per model (stages/probe.py)."""
-"""MLflow run names of the stages whose runs the page links (stages/train.py, stages/probe.py)."""
 GX_DOCS = "data_quality/docs/index.html"
 """The Great Expectations Data Docs, relative to reports/ (written by stages/validate.py)."""
 
