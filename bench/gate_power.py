@@ -3,11 +3,11 @@
     python bench/gate_power.py [--seeds 200] [--sizes 96 400 800 1600]
 
 For each training-set size (validation = size / 6, the default mix, 256-1024-token contexts in
-3 bins, as in params.yaml) and each seed, `in2.synthesis.synthesize` builds a clean dataset over
+3 bins, as in params.yaml) and each seed, `in2.synth.build.synthesize` builds a clean dataset over
 a synthetic corpus; a biased copy then moves every gold segment so that 60% of them sit in the
 first half of their context (a relative position from the first half with probability 0.6,
 uniform within each half, then the slot holding it). The verdict is the gate's own
-`gold_positions_uniform.all` rule (`in2.quality.uniformity_tests` on the randomized PIT of each
+`gold_positions_uniform.all` rule (`in2.gate.quality.uniformity_tests` on the randomized PIT of each
 gold slot, KS and chi-square p >= validate.alpha), and for the first seeds the full GX gate is run
 too, to check that it gives the same verdict.
 
@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from in2.gate.quality import gold_slot_table, uniformity_tests, validate_dataset
 from in2.params import Params, parse_params
-from in2.quality import gold_slot_table, uniformity_tests, validate_dataset
-from in2.synthesis import LONG_KINDS, synthesize
+from in2.synth.build import LONG_KINDS, synthesize
 
 SEG, SEGS_PER_DOC, N_DOCS = 128, 10, 1500
 CHECKED_WITH_GX = 3

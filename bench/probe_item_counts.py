@@ -1,7 +1,7 @@
 """Items per context of the VaL probe sets built from the paper's pieces, Mistral-7B tokenizer.
 
 The paper's released 32K probes hold 800 / 800 / 750 items per context (document / code /
-database). This builds the sets with the project's builder (in2.probes.build_probes) from the
+database). This builds the sets with the project's builder (in2.probing.tasks.build_probes) from the
 paper's pieces and counts tokens with the Mistral-7B (v1, 32K vocabulary) SentencePiece model that
 the `mistral-common` package ships (offline: `mistral_common/data/tokenizer.model.v1`), through
 in2.prompting.PromptEncoder exactly as the probe_data stage counts them.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from in2.probes import TASKS, ProbeSources, build_probes
+from in2.probing.tasks import TASKS, ProbeSources, build_probes
 from in2.prompting import PromptEncoder
 
 

@@ -4,9 +4,10 @@
                                  [--task document] [--growth 1 4 16 64]
 
 SmolLM2-135M-Instruct from `models/base/` (run `dvc repro base_model corpus` first), fp32, the
-probe task's real data: one context of each length built by `in2.probes.build_probes` from the
-held-out documents, its first `--queries` queries (positions spread over the context).
-  - shared: `in2.probe_runner.generate_shared`, what the probe stage runs: the context is
+probe task's real data: one context of each length built by
+`in2.probing.tasks.build_probes` from the held-out documents, its first `--queries` queries
+(positions spread over the context).
+  - shared: `in2.probing.local.generate_shared`, what the probe stage runs: the context is
     prefilled once and its key/value states serve every query (suffixes batched, 16 per batch);
   - naive: `model.generate` on `prefix + context + suffix` for each query separately (greedy).
 Both decode greedily up to the task's `probe.max_new_tokens` and must give identical token ids
@@ -64,8 +65,8 @@ def main() -> None:
 
     from in2.model import load_model, load_tokenizer
     from in2.params import ProbeParams
-    from in2.probe_runner import generate_shared
-    from in2.probes import ProbeSources, build_probes
+    from in2.probing.local import generate_shared
+    from in2.probing.tasks import ProbeSources, build_probes
     from in2.prompting import PromptEncoder
 
     hf_logging.set_verbosity_error()

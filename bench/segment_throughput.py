@@ -33,10 +33,10 @@ VARIANTS = {
 def measure(mode: str, repeats: int) -> list[float]:
     from transformers import AutoTokenizer
 
-    from in2.corpus import build_corpus
+    from in2.data.corpus import build_corpus
+    from in2.data.segments import cut, segment_documents
     from in2.model import gguf_path
     from in2.params import CorpusParams, ModelParams, SegmentParams
-    from in2.segments import cut, segment_documents
 
     mp = ModelParams()
     tokenizer = AutoTokenizer.from_pretrained(gguf_path(mp).parent, gguf_file=mp.gguf_file)

@@ -3,7 +3,7 @@
     python bench/synthesis_scale.py [--examples 1750000] [--segments 10000000] [--repeats 3]
 
 Measures, side by side in one run:
-  1. `in2.synthesis.synthesize` + writing the parquet index (the real stage code path) on a
+  1. `in2.synth.build.synthesize` + writing the parquet index (the real stage code path) on a
      synthetic corpus of `--segments` segments (token ids are random: the index never reads them);
      wall time (median of `--repeats`), peak RSS and the size of the index on disk;
   2. a naive baseline that builds each context as text and re-tokenizes it to measure its length,
@@ -30,10 +30,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
+from in2.data.segments import INDEX_FILE, TOKENS_FILE, SegmentStore
 from in2.model import gguf_path
 from in2.params import ContextLength, ModelParams, SynthesizeParams
-from in2.segments import INDEX_FILE, TOKENS_FILE, SegmentStore
-from in2.synthesis import LONG_KINDS, synthesize
+from in2.synth.build import LONG_KINDS, synthesize
 
 SEG_LEN = 128
 SEGMENTS_PER_DOC = 10

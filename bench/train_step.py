@@ -6,7 +6,7 @@
 A step is forward + backward of one example (batch 1) whose last `--answer` tokens are the
 labelled answer, the rest masked out as in training. No optimizer: AdamW would add the same
 2 x params of fp32 state (1.08 GB) and the same update time to both variants. Two variants:
-  - answer-only: `in2.training.AnswerOnlyLoss`, the train stage's loss; the output layer runs on
+  - answer-only: `in2.train.loop.AnswerOnlyLoss`, the train stage's loss; the output layer runs on
     the answer positions only;
   - naive: `model(input_ids, attention_mask=..., labels=labels).loss`, which computes the
     full-vocabulary logits of every position (49,152 x T) and the cross-entropy over them.
@@ -73,8 +73,8 @@ def load(model_dir: Path | None):
 
 def measure(args: argparse.Namespace) -> dict:
     """Child process: one warm-up step and one timed step of one variant at one length."""
-    from in2.batching import IGNORE_INDEX
-    from in2.training import AnswerOnlyLoss
+    from in2.train.batching import IGNORE_INDEX
+    from in2.train.loop import AnswerOnlyLoss
 
     t0 = time.perf_counter()
     lm, source = load(args.model)

@@ -6,7 +6,7 @@ read, kept and dropped (by reason) and describes exactly what was read.
 
 from dataclasses import asdict
 
-from in2.corpus import build_corpus
+from in2.data.corpus import build_corpus
 from in2.outputs import atomic_file, write_json
 from in2.stage import run_stage
 

@@ -1,8 +1,8 @@
 """Stage probe: run VaL probing on one model, write results/probe/<model>/ and log an MLflow run.
 
 `--model base` probes models/base, `--model in2` the IN2-trained models/in2 (local runner,
-in2.probe_runner); `--model api` probes the model behind the OpenAI-compatible endpoint of
-`probe.openai` (API runner, in2.probe_openai; not in the default pipeline, see docs/probing.md).
+in2.probing.local); `--model api` probes the model behind the OpenAI-compatible endpoint of
+`probe.openai` (API runner, in2.probing.api; not in the default pipeline, see docs/probing.md).
 All read the same data/probes/ and write the same files, so their curves compare position by
 position. The MLflow run names what it evaluated: `input.<path>` md5 tags, `checkpoint_md5`, and
 for models/in2 the `train_run_id` that made it (from its trainer_state.json; docs/lineage.md).
@@ -12,15 +12,15 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from in2.fingerprint import path_md5
+from in2.lineage.fingerprint import path_md5
+from in2.lineage.tracking import input_tags, log_dataset, mlflow_run, stage_inputs
 from in2.model import BASE_DIR, load_model, load_tokenizer
 from in2.outputs import atomic_dir, write_json, write_jsonl
-from in2.probe_openai import probe_endpoint
-from in2.probe_results import scores_summary
-from in2.probe_runner import probe_model
-from in2.report import plot_curves, plot_heatmap
+from in2.probing.api import probe_endpoint
+from in2.probing.local import probe_model
+from in2.probing.results import scores_summary
+from in2.report.tables import plot_curves, plot_heatmap
 from in2.stage import log, run_stage
-from in2.tracking import input_tags, log_dataset, mlflow_run, stage_inputs
 
 PROBES = Path("data/probes")
 MAKER = {"base": "base_model", "in2": "train"}

@@ -1,4 +1,4 @@
-"""Stage probe_data: build the VaL probing sets in data/probes/ (see in2.probes).
+"""Stage probe_data: build the VaL probing sets in data/probes/ (see in2.probing.tasks).
 
 Reads the base model's tokenizer (contexts are filled to each length of params
 probe.context_tokens in that tokenizer's tokens) and the items' raw material: by default the
@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from in2.model import BASE_DIR, load_tokenizer
-from in2.probes import ProbeSources, build_probes, write_probes
+from in2.probing.tasks import ProbeSources, build_probes, write_probes
 from in2.prompting import PromptEncoder
 from in2.stage import log, run_stage
 

@@ -1,9 +1,9 @@
 """Stage qa: segments -> grounded QA pairs (data/qa/qa.parquet), by the `qa.generator` chosen."""
 
+from in2.data.segments import SegmentStore
 from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_file, write_json
-from in2.qa import get_generator
-from in2.segments import SegmentStore
+from in2.qa.pairs import get_generator
 from in2.stage import run_stage
 
 

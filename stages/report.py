@@ -1,8 +1,8 @@
 """Stage report: compare the probed models in reports/ (curves, the paper's Table 1, JSON, the
-paired bootstrap of in2 − base) and render the report page reports/index.html (in2.report_page).
+paired bootstrap of in2 − base) and render the report page reports/index.html (in2.report.page).
 
 Reads results/probe/base/ and results/probe/in2/ (scores.json and the predictions of every task,
-see in2.report and in2.paired_bootstrap), the data card's inputs metrics/synthesize.json and
+see in2.report.tables and in2.report.bootstrap), the data card's inputs metrics/synthesize.json and
 reports/data_quality/summary.json, and the MLflow store for the run ids of the train and probe
 runs. Logs the MLflow run `report`: per task the Avg difference and its interval.
 """
@@ -10,12 +10,12 @@ runs. Logs the MLflow run `report`: per task the Avg difference and its interval
 import json
 from pathlib import Path
 
+from in2.lineage.tracking import input_tags, mlflow_run, stage_inputs, tracking_uri
 from in2.outputs import read_jsonl
-from in2.paired_bootstrap import compare_predictions
-from in2.report import load_scores, write_report
-from in2.report_page import RESULTS, find_run_ids, write_page
+from in2.report.bootstrap import compare_predictions
+from in2.report.page import RESULTS, find_run_ids, write_page
+from in2.report.tables import load_scores, write_report
 from in2.stage import log, run_stage
-from in2.tracking import input_tags, mlflow_run, stage_inputs, tracking_uri
 
 MODELS = ("base", "in2")
 OUT = Path("reports")
@@ -25,7 +25,7 @@ DATA_CARD = {
 }
 """Stage -> the file of it the data card reads."""
 VARIANTS = {"strict": "strict_score", "paper": "score"}
-"""Comparison variant -> the prediction rows' score it compares (in2.probe_results)."""
+"""Comparison variant -> the prediction rows' score it compares (in2.probing.results)."""
 
 
 def read_json(stage: str, path: Path) -> dict:

@@ -5,11 +5,11 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
+from in2.data.segments import INDEX_FILE, TOKENS_FILE, segment_documents
+from in2.data.units import UNITS_FILE, append_units, render_units
 from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_dir, write_json
-from in2.segments import INDEX_FILE, TOKENS_FILE, segment_documents
 from in2.stage import log, run_stage
-from in2.units import UNITS_FILE, append_units, render_units
 
 
 def main(params, args) -> None:

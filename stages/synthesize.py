@@ -6,13 +6,13 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from in2.instructions import load_general
-from in2.leakage import contaminated
+from in2.data.leakage import contaminated
+from in2.data.segments import SegmentStore
 from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_dir, read_jsonl, write_json
-from in2.segments import SegmentStore
 from in2.stage import run_stage
-from in2.synthesis import synthesize
+from in2.synth.build import synthesize
+from in2.synth.general import load_general
 
 
 def main(params, args) -> None:

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from in2.batching import ExampleEncoder
+from in2.data.segments import SegmentStore
+from in2.lineage.tracking import stage_inputs
 from in2.model import load_model, load_tokenizer
 from in2.prompting import PromptEncoder
-from in2.segments import SegmentStore
 from in2.stage import log, run_stage
-from in2.tracking import stage_inputs
-from in2.training import TrainOutputs, init_distributed, require_passed_gate, train
+from in2.train.batching import ExampleEncoder
+from in2.train.loop import TrainOutputs, init_distributed, require_passed_gate, train
 
 BASE = Path("models/base")
 TRAIN = Path("data/in2/train.parquet")

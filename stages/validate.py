@@ -1,6 +1,6 @@
 """Stage validate: the data quality gate between synthesize and train (data/in2 -> reports/).
 
-Runs the Great Expectations suites of in2.quality over train + val and the QA pairs (with the
+Runs the Great Expectations suites of in2.gate.quality over train + val and the QA pairs (with the
 segment text for grounding and the probe contexts for leakage), writes the Data Docs site and
 summary.json (both atomically, also when the gate fails, so the failure can be read), logs the
 summary to MLflow, and exits 1 when any expectation fails, so `dvc repro` stops before train.
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from in2.fingerprint import dataset_fingerprint
+from in2.data.segments import SegmentStore
+from in2.gate.quality import validate_dataset
+from in2.lineage.fingerprint import dataset_fingerprint
+from in2.lineage.tracking import mlflow_run, stage_inputs
 from in2.model import BASE_DIR, load_tokenizer
 from in2.outputs import atomic_dir, read_jsonl, write_json
 from in2.params import Params
-from in2.quality import validate_dataset
-from in2.segments import SegmentStore
 from in2.stage import run_stage
-from in2.tracking import mlflow_run, stage_inputs
 
 log = logging.getLogger("in2.validate")
 DATA = [Path("data/in2/train.parquet"), Path("data/in2/val.parquet")]

@@ -52,7 +52,7 @@ def write_random_segments(
     folder: Path, n_segments: int, seg_len: int, rng: np.random.Generator
 ) -> None:
     """A data/segments/ folder of fixed-length segments with random token ids, two per doc."""
-    from in2.segments import INDEX_FILE, TOKENS_FILE
+    from in2.data.segments import INDEX_FILE, TOKENS_FILE
 
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / TOKENS_FILE, rng.integers(100, 20_000, seg_len * n_segments, dtype=np.uint32))
@@ -86,7 +86,7 @@ def vary_weights(model: torch.nn.Module) -> torch.nn.Module:
 def probes_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Probe data of PROBE_TASKS for the tiny model, built and written as probe_data does."""
     from in2.model import load_tokenizer
-    from in2.probes import ProbeSources, build_probes, write_probes
+    from in2.probing.tasks import ProbeSources, build_probes, write_probes
     from in2.prompting import PromptEncoder
 
     encoder = PromptEncoder.create(load_tokenizer(tiny_model_dir), "chat")

@@ -2,7 +2,7 @@
 
 The stages' commands are placeholders: the files are written here and recorded with
 `dvc commit`, so dvc.lock and the DVC cache are DVC's own; the runs are recorded through
-in2.tracking's `mlflow_run` (and the probe stage's `lineage`) as the stages record them.
+in2.lineage.tracking's `mlflow_run` (and the probe stage's `lineage`) as the stages record them.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import pytest
 import yaml
 
 from in2.cli import main as cli
-from in2.fingerprint import path_md5
-from in2.tracking import mlflow_run, stage_inputs
+from in2.lineage.fingerprint import path_md5
+from in2.lineage.tracking import mlflow_run, stage_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTH = """\
 import json, pathlib, yaml
-from in2.tracking import lineage_tags, stage_inputs
+from in2.lineage.tracking import lineage_tags, stage_inputs
 version = yaml.safe_load(open("params.yaml"))["synthesize"]["version"]
 pathlib.Path("data/in2").mkdir(parents=True, exist_ok=True)
 pathlib.Path("data/in2/train.parquet").write_text(f"train rows v{version}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from in2.corpus import COLUMNS, build_corpus
+from in2.data.corpus import COLUMNS, build_corpus
 from in2.params import CorpusParams, InputError
 
 REPO = Path(__file__).resolve().parents[1]

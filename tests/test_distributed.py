@@ -40,7 +40,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 from conftest import write_random_segments
 
-from in2.fingerprint import dataset_fingerprint
+from in2.lineage.fingerprint import dataset_fingerprint
 from in2.params import deep_merge, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,7 +323,7 @@ def test_fsdp_settings_the_loop_cannot_use_are_refused(settings: dict, message: 
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     from in2.params import InputError
-    from in2.training import _check_fsdp
+    from in2.train.loop import _check_fsdp
 
     plugin = FullyShardedDataParallelPlugin(sync_module_states=False, **settings)
     accelerator = SimpleNamespace(

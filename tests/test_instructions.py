@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from in2.instructions import load_general
 from in2.params import GeneralParams, InputError
-from in2.qa import COLUMNS
+from in2.qa.pairs import COLUMNS
+from in2.synth.general import load_general
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -144,7 +144,7 @@ def test_hf_source_streams_up_to_max_examples(tmp_path, monkeypatch):
 
 def test_unknown_dataset_is_a_clear_error():
     code = (
-        "from in2.instructions import load_general\n"
+        "from in2.synth.general import load_general\n"
         "from in2.params import GeneralParams, InputError\n"
         "try:\n"
         "    load_general(GeneralParams(source='hf', dataset='no-such/orca'), None, 0)\n"

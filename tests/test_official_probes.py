@@ -11,9 +11,9 @@ import torch
 
 from in2.cli import main
 from in2.model import load_model, load_tokenizer
-from in2.official_probes import read_official_probes, read_predictions, score_official
 from in2.params import InputError
-from in2.probe_runner import run_task
+from in2.probing.local import run_task
+from in2.probing.official import read_official_probes, read_predictions, score_official
 from in2.prompting import INSTRUCTION_HEAD, INSTRUCTION_MID, PromptEncoder
 
 QUESTION = 'Which sentence contains the piece "{keyword}"?'

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from in2.paired_bootstrap import compare_predictions, pair_scores, paired_bootstrap
-from in2.probe_metrics import position_curve
+from in2.probing.metrics import position_curve
+from in2.report.bootstrap import compare_predictions, pair_scores, paired_bootstrap
 
 
 def test_two_queries_one_cell_gives_the_hand_computed_interval():

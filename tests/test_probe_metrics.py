@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from in2.probe_metrics import (
+from in2.probing.metrics import (
     SCORERS,
     STRICT,
     label_match,

@@ -21,9 +21,9 @@ from conftest import PROBE_CONTEXT_TOKENS, PROBE_TASKS, free_port, transformers_
 
 from in2.model import load_model, load_tokenizer, save_model
 from in2.params import InputError, OpenAIProbeParams, ProbeParams
-from in2.probe_openai import probe_endpoint
-from in2.probe_runner import probe_model
-from in2.probes import read_probes
+from in2.probing.api import probe_endpoint
+from in2.probing.local import probe_model
+from in2.probing.tasks import read_probes
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW = 6

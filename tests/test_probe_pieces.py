@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from in2.model import load_tokenizer
-from in2.probes import TASKS, ProbeSet, ProbeSources, build_probes, read_probes, write_probes
+from in2.probing.tasks import TASKS, ProbeSet, ProbeSources, build_probes, read_probes, write_probes
 from in2.prompting import PromptEncoder
 
 SHARED_PIECES = Path(__file__).resolve().parents[2] / "shared" / "data" / "valprobing"

@@ -13,11 +13,11 @@ from transformers import PreTrainedModel
 
 from in2.model import load_model, load_tokenizer
 from in2.params import ProbeParams
-from in2.probe_results import TaskRun, scores_summary
-from in2.probe_runner import generate_shared, probe_model
-from in2.probes import read_probes
+from in2.probing.local import generate_shared, probe_model
+from in2.probing.results import TaskRun, scores_summary
+from in2.probing.tasks import read_probes
 from in2.prompting import PromptEncoder
-from in2.report import write_report
+from in2.report.tables import write_report
 
 MAX_NEW = 6
 

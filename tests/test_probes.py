@@ -13,7 +13,7 @@ import pytest
 from in2.model import load_tokenizer
 from in2.outputs import read_jsonl
 from in2.params import ProbeParams
-from in2.probes import (
+from in2.probing.tasks import (
     TASKS,
     Item,
     ProbeSources,

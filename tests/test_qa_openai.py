@@ -30,13 +30,13 @@ import yaml
 from conftest import free_port, transformers_serve, write_random_segments
 from openai_stub import FAULTS, Stub, message_key, serve_stub
 
-import in2.openai_batch
-import in2.openai_client
-from in2.openai_batch import parse_results, request_lines
-from in2.openai_client import BudgetExceeded, EndpointError, chat_request
+import in2.endpoint.batch
+import in2.endpoint.client
+from in2.endpoint.batch import parse_results, request_lines
+from in2.endpoint.client import BudgetExceeded, EndpointError, chat_request
 from in2.params import InputError, OpenAIQAParams, QAParams
-from in2.qa import COLUMNS
-from in2.qa_openai import generate_openai_qa, messages, parse_reply
+from in2.qa.llm import generate_openai_qa, messages, parse_reply
+from in2.qa.pairs import COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def stub() -> Iterator[Stub]:
 
 @pytest.fixture(autouse=True)
 def _fast_backoff(monkeypatch):
-    monkeypatch.setattr(in2.openai_client, "BACKOFF_BASE_S", 0.05)
+    monkeypatch.setattr(in2.endpoint.client, "BACKOFF_BASE_S", 0.05)
 
 
 def segments(n_docs: int, per_doc: int) -> pd.DataFrame:
@@ -374,7 +374,7 @@ def test_batch_mode_submits_polls_caches_and_resumes(stub, tmp_path, monkeypatch
     """Batch mode end to end against the stub's Files and Batches endpoints."""
     params = qa_params(stub.url, tmp_path, mode="batch", batch_poll_s=0.01)
     # an interrupted run: the batch is submitted, then the process dies while polling
-    real_wait = in2.openai_batch._wait
+    real_wait = in2.endpoint.batch._wait
 
     class Crash(Exception):
         pass
@@ -382,12 +382,12 @@ def test_batch_mode_submits_polls_caches_and_resumes(stub, tmp_path, monkeypatch
     def crash(*args: Any) -> None:
         raise Crash
 
-    monkeypatch.setattr(in2.openai_batch, "_wait", crash)
+    monkeypatch.setattr(in2.endpoint.batch, "_wait", crash)
     with pytest.raises(Crash):
         generate_openai_qa(segments(2, 2), params, seed=0)
     assert len(stub.uploads) == 1 and len(stub.uploads[0]) == 6
     assert len(list((tmp_path / "batches").glob("*.json"))) == 1
-    monkeypatch.setattr(in2.openai_batch, "_wait", real_wait)
+    monkeypatch.setattr(in2.endpoint.batch, "_wait", real_wait)
 
     qa, stats = generate_openai_qa(segments(2, 2), params, seed=0)
     assert len(stub.uploads) == 1  # resumed the submitted batch instead of paying again

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from in2.params import QAParams
-from in2.qa import COLUMNS, GENERATORS, QAStats, get_generator, select_candidates
-from in2.qa_template import find_cue, generate_template_qa
+from in2.qa.pairs import COLUMNS, GENERATORS, QAStats, get_generator, select_candidates
+from in2.qa.template import find_cue, generate_template_qa
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the old river bank today."
 

@@ -1,6 +1,6 @@
 """The data quality gate: clean IN2 data passes; each kind of corruption fails, named in the text.
 
-The clean dataset is built here, independently of in2.synthesis, with exactly the properties
+The clean dataset is built here, independently of in2.synth.build, with exactly the properties
 the gate checks (uniform slots, configured mix, lengths in range, fillers from other documents),
 so a failure on it is a false alarm of the gate, not a synthesis bug.
 """
@@ -21,14 +21,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from in2.model import load_tokenizer
-from in2.params import KINDS, Params
-from in2.quality import (
+from in2.gate.quality import (
     relative_position,
     template_grounded,
     uniformity_tests,
     validate_dataset,
 )
+from in2.model import load_tokenizer
+from in2.params import KINDS, Params
 
 REPO = Path(__file__).resolve().parents[1]
 SEG_TOKENS = 128

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from in2.report import depth_grid, position_rows, write_report
+from in2.report.tables import depth_grid, position_rows, write_report
 
 
 def curve(bins: list[float | None], std: list[float | None] | None = None, **extra) -> dict:
@@ -87,7 +87,7 @@ def test_write_report_writes_the_csv_dvc_plots_read_and_a_heatmap_per_model(
 
 
 def test_write_report_adds_the_paired_comparison(scores: dict, tmp_path: Path) -> None:
-    from in2.paired_bootstrap import paired_bootstrap
+    from in2.report.bootstrap import paired_bootstrap
 
     gain = paired_bootstrap({(("s", 0), p): (0.0, 1.0) for p in range(5)}, 5, n_resamples=50)
     none = paired_bootstrap({(("s", 0), 0): (0.0, 0.0), (("s", 0), 1): (0.0, 1.0)}, 5)

@@ -15,9 +15,9 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from in2.fingerprint import path_md5
+from in2.lineage.fingerprint import path_md5
 from in2.outputs import write_json
-from in2.report_page import PAPER_LABEL, find_run_ids, render_page, write_page
+from in2.report.page import PAPER_LABEL, find_run_ids, render_page, write_page
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["document", "code"]

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from in2.data.segments import SegmentStore, cut, segment_documents, token_dtype
 from in2.model import load_tokenizer
 from in2.params import SegmentParams
-from in2.segments import SegmentStore, cut, segment_documents, token_dtype
 
 
 def test_cut_drops_a_short_tail():

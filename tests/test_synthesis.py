@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from in2.leakage import contaminated
+from in2.data.leakage import contaminated
 from in2.params import ContextLength, SynthesizeParams
-from in2.synthesis import (
+from in2.synth.build import (
     FillerPool,
     SynthesisError,
     filler_counts,

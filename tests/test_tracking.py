@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from in2.tracking import mlflow_run
+from in2.lineage.tracking import mlflow_run
 
 
 def test_a_run_in_a_temporary_copy_keeps_its_store_and_artifacts_at_the_root(

@@ -13,8 +13,13 @@ import pytest
 import torch
 from conftest import write_random_segments
 
-from in2 import training
-from in2.batching import (
+from in2.data.segments import SegmentStore
+from in2.lineage.fingerprint import dataset_fingerprint
+from in2.model import load_model, load_tokenizer
+from in2.params import InputError, parse_params
+from in2.prompting import PromptEncoder
+from in2.train import loop as training
+from in2.train.batching import (
     IGNORE_INDEX,
     ExampleEncoder,
     collate,
@@ -22,12 +27,7 @@ from in2.batching import (
     process_micro_batches,
     step_schedule,
 )
-from in2.fingerprint import dataset_fingerprint
-from in2.model import load_model, load_tokenizer
-from in2.params import InputError, parse_params
-from in2.prompting import PromptEncoder
-from in2.segments import SegmentStore
-from in2.training import AnswerOnlyLoss, TrainOutputs, require_passed_gate, train
+from in2.train.loop import AnswerOnlyLoss, TrainOutputs, require_passed_gate, train
 
 SEG_LEN = 16
 N_SEGMENTS = 8
@@ -275,7 +275,7 @@ def test_tiny_end_to_end_run(
 
 
 def test_precision_param_maps_to_accelerate():
-    from in2.training import _mixed_precision
+    from in2.train.loop import _mixed_precision
 
     assert _mixed_precision("fp32") == "no"
     assert _mixed_precision("bf16") == "bf16"
@@ -413,8 +413,8 @@ def test_a_killed_run_resumes_with_the_same_loss_curve(
 def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path: Path, caplog) -> None:
     """Changed, truncated or missing files, or an unreadable manifest: the checkpoint is skipped
     with a warning naming it and the file, and the run resumes from the newest intact one."""
-    from in2.checkpoints import MANIFEST, Checkpoints, verify
-    from in2.fingerprint import file_md5
+    from in2.lineage.fingerprint import file_md5
+    from in2.train.checkpoints import MANIFEST, Checkpoints, verify
 
     store = Checkpoints(tmp_path)
     for step in (2, 4):
@@ -432,7 +432,7 @@ def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path: Path, capl
     (newest / "model.safetensors").write_bytes(b"weights")  # truncated
     with pytest.raises(InputError, match=r"model\.safetensors does not match its recorded md5"):
         verify(newest)
-    with caplog.at_level(logging.WARNING, logger="in2.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="in2.train.checkpoints"):
         assert store.latest() == older
     assert f"checkpoint {newest}: model.safetensors does not match its recorded md5" in caplog.text
     assert "skipped, resuming from the checkpoint before it" in caplog.text
@@ -448,7 +448,7 @@ def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path: Path, capl
 
 
 def test_a_changed_recipe_or_data_version_gets_its_own_checkpoint_folder(tmp_path: Path) -> None:
-    from in2.checkpoints import Checkpoints
+    from in2.train.checkpoints import Checkpoints
 
     recipe = {"train": {"learning_rate": 1e-4, "seed": 0}, "model": {"source": "gguf"}, "data": "a"}
     same = Checkpoints.for_run(tmp_path, json.loads(json.dumps(recipe)))

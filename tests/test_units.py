@@ -7,13 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from in2.params import ContextLength, QAParams, SynthesizeParams, parse_params
-from in2.qa import QAStats
-from in2.qa_lookup import ENTRY, QUOTE, RECORD, entry_cue, quote_pair, quote_pairs, unit_pairs
-from in2.qa_template import balance_tasks
-from in2.quality import grounded
-from in2.synthesis import synthesize
-from in2.units import (
+from in2.data.units import (
     ENTRY_LAYOUTS,
     KEY_LETTERS,
     RECORD_LAYOUTS,
@@ -23,6 +17,12 @@ from in2.units import (
     render_units,
     wrap_lines,
 )
+from in2.gate.quality import grounded
+from in2.params import ContextLength, QAParams, SynthesizeParams, parse_params
+from in2.qa.lookup import ENTRY, QUOTE, RECORD, entry_cue, quote_pair, quote_pairs, unit_pairs
+from in2.qa.pairs import QAStats
+from in2.qa.template import balance_tasks
+from in2.synth.build import synthesize
 
 
 def docs(n: int = 60) -> pd.DataFrame:

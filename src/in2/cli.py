@@ -61,8 +61,8 @@ def show_example(example_id: str, data_dir: Path = Path("data")) -> str:
     """
     import pyarrow.parquet as pq
 
+    from in2.data.segments import SegmentStore
     from in2.model import BASE_DIR, load_tokenizer
-    from in2.segments import SegmentStore
 
     for split in ("train", "val"):
         path = data_dir / "in2" / f"{split}.parquet"
@@ -107,8 +107,8 @@ def _positive_int(text: str) -> int:
 
 def score_official_cmd(args: argparse.Namespace) -> str:
     """Score one task's released predictions, write `args.out`; returns a one-line summary."""
-    from in2.official_probes import score_official
-    from in2.probe_metrics import summary
+    from in2.probing.metrics import summary
+    from in2.probing.official import score_official
 
     curve = score_official(args.task, args.probes, args.predictions, args.skip, args.bin_size)
     write_json(args.out, summary({args.task: curve}))
@@ -120,8 +120,8 @@ def score_official_cmd(args: argparse.Namespace) -> str:
 
 def audit_cmd(args: argparse.Namespace) -> str:
     """`in2 audit run|data`: the report as text, or as JSON with --json."""
-    from in2 import audit
-    from in2.tracking import repo_root
+    from in2.lineage import audit
+    from in2.lineage.tracking import repo_root
 
     root = repo_root()
     if args.audit == "run":

@@ -26,7 +26,7 @@ from pydantic import (
 
 KINDS = ("fine_grained", "integration", "short", "general")
 QA_TASKS = ("continuation", "quote", "record", "entry")
-"""Fine-grained tasks of the `template` generator (in2.qa_template, in2.qa_lookup)."""
+"""Fine-grained tasks of the `template` generator (in2.qa.template, in2.qa.lookup)."""
 PROBE_TASKS = ("document", "code", "database")
 
 
@@ -138,7 +138,7 @@ class SegmentParams(_Section):
     `merge` it into the document's previous segment (which then exceeds `length`; a document
     shorter than `min_tokens` is dropped either way)."""
     units: list[Literal["record", "entry"]] = Field(default_factory=list)
-    """Record units to add after the prose segments (see in2.units): `record` (a made-up key
+    """Record units to add after the prose segments (see in2.data.units): `record` (a made-up key
     with a document's title and description) and/or `entry` (its title over its first
     sentences). The QA generator asks lookups about them (`qa.tasks`); [] adds none."""
     entry_words: int = Field(40, gt=0)
@@ -151,7 +151,7 @@ class SegmentParams(_Section):
     entry_layouts: list[Literal["heading", "colon", "bracket", "bullet"]] = Field(
         default_factory=lambda: ["heading"], min_length=1
     )
-    """How entries are written, one drawn per entry (in2.units.ENTRY_LAYOUTS): `heading`
+    """How entries are written, one drawn per entry (in2.data.units.ENTRY_LAYOUTS): `heading`
     (`## Title`), `colon` (`Title:` over indented lines), `bracket` (`[Title]`), `bullet`
     (`Title` over `- ` lines)."""
 
@@ -163,7 +163,7 @@ class SegmentParams(_Section):
 
 
 class OpenAIEndpointParams(_Section):
-    """Any OpenAI-compatible endpoint (OpenAI, vLLM, `transformers serve`), as in2.openai_client
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM, `transformers serve`), as in2.endpoint.client
     uses it. The API key is read from the environment variable `api_key_env`, never from here."""
 
     section: ClassVar[str]
@@ -245,8 +245,8 @@ def check_shares(
 
 class QAParams(_Section):
     generator: Literal["template", "openai"] = "template"
-    """QA generator: `template` (offline, deterministic; see in2.qa_template) or `openai`
-    (an LLM behind any OpenAI-compatible endpoint; see in2.qa_openai)."""
+    """QA generator: `template` (offline, deterministic; see in2.qa.template) or `openai`
+    (an LLM behind any OpenAI-compatible endpoint; see in2.qa.llm)."""
     cue_words: int = Field(6, ge=3)
     """`template`: words quoted from the gold text as the cue of a question."""
     answer_words: int = Field(8, ge=1)
@@ -399,8 +399,8 @@ class TrainParams(_Section):
     """DataLoader worker processes that gather and pad micro-batches ahead of the model."""
     checkpoint_every: int = Field(0, ge=0)
     """Save a resumable checkpoint every N optimizer steps and after the last one; a killed run
-    resumes from the newest (see in2.checkpoints). 0: none (a checkpoint of a 7B model with its
-    optimizer state is ~87 GB; of SmolLM2-135M ~1.6 GB), and none is read either."""
+    resumes from the newest (see in2.train.checkpoints). 0: none (a checkpoint of a 7B model
+    with its optimizer state is ~87 GB; of SmolLM2-135M ~1.6 GB), and none is read either."""
     seed: int = 0
     """Data order and initialisation seed."""
 

@@ -1,0 +1,125 @@
+"""API runner for VaL probing: the model behind any OpenAI-compatible endpoint answers the queries.
+
+Each query is one chat completion: a single user message holding the same instruction the local
+runner's `chat` format wraps in the model's template (in2.prompting.user_message: the set's
+context, then the question); the server applies its model's own chat template. Decoding is
+greedy (temperature 0) with `max_tokens` = `probe.max_new_tokens[task]`. The queries of a set are
+sent one after another in context order, so a server with prefix caching (vLLM) computes each
+context about once.
+
+Requests, bounded concurrency, retries, the response cache, the cost estimate and the budget are
+in2.endpoint.client's, configured by `probe.openai`; the answers are scored by in2.probing.results,
+exactly as the local runner's, so both write the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from in2.endpoint.client import (
+    ApiStats,
+    Budget,
+    ChatRequest,
+    Plan,
+    Pricing,
+    ResponseCache,
+    cache_root,
+    endpoint_url,
+    make_client,
+    plan,
+    request_of,
+    run_online,
+    token_counter,
+)
+from in2.params import OpenAIProbeParams, ProbeParams
+from in2.probing.results import TaskRun, by_context, task_run
+from in2.probing.tasks import read_probes
+from in2.prompting import user_message
+
+log = logging.getLogger(__name__)
+
+
+def probe_request(
+    context: str, question: str, params: OpenAIProbeParams, max_new_tokens: int
+) -> ChatRequest:
+    """The chat completion answering one query greedily."""
+    body: dict[str, Any] = {
+        "model": params.model,
+        "messages": [{"role": "user", "content": user_message(context, question)}],
+        "temperature": 0.0,
+        "max_tokens": max_new_tokens,
+    }
+    return request_of(body, max_new_tokens)
+
+
+def answer_text(response: dict[str, Any] | None) -> str:
+    """The completion's text; "" for a reply without content (it scores 0)."""
+    try:
+        return (response or {})["choices"][0]["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError):
+        return ""
+
+
+@dataclass(frozen=True)
+class _Task:
+    name: str
+    queries: list[dict]
+    """In the order of the prediction rows."""
+    requests: list[ChatRequest]
+
+
+def _task(name: str, probes_dir: str | Path, params: ProbeParams) -> _Task:
+    contexts, queries = read_probes(probes_dir, name)
+    asked: list[dict] = []
+    requests: list[ChatRequest] = []
+    max_new_tokens = params.max_new_tokens[name]
+    for context, mine in by_context(contexts, queries):
+        asked += mine
+        requests += [
+            probe_request(context["text"], q["question"], params.openai, max_new_tokens)
+            for q in mine
+        ]
+    return _Task(name, asked, requests)
+
+
+def probe_endpoint(
+    params: ProbeParams, probes_dir: str | Path, tokenizer_file: Path | None
+) -> tuple[dict[str, TaskRun], ApiStats]:
+    """Run every task of `params.tasks` against `params.openai`'s endpoint.
+
+    Logs the request count and the cost estimate of all tasks before the first request (prompt
+    tokens counted with `tokenizer_file` when it exists, else ~4 characters per token); one budget
+    spans all tasks. Raises `EndpointError` / `BudgetExceeded` (input errors) without returning
+    runs, while every response received so far stays cached for the re-run.
+    """
+    p = params.openai
+    tasks = [_task(name, probes_dir, params) for name in params.tasks]
+    cache = ResponseCache(cache_root(p))
+    everything = plan(
+        [r for t in tasks for r in t.requests], cache, Pricing.of(p), token_counter(tokenizer_file)
+    )
+    log.info("probe (openai, %s at %s): %s", p.model, endpoint_url(p), everything.describe())
+    api = ApiStats(mode="online", cached=everything.cached)
+    api.estimated_cost_usd = round(everything.typical_cost, 6)
+    api.estimated_max_cost_usd = round(everything.max_cost, 6)
+    client = make_client(p) if everything.todo else None
+    budget = Budget(p)
+    runs = {}
+    for task in tasks:
+        started = time.perf_counter()
+        keys = {r.key for r in task.requests}
+        todo = [r for r in everything.todo if r.key in keys]
+        if client is not None and todo:
+            work = Plan(todo, everything.prompt_tokens, 0, everything.pricing)
+            run_online(client, work, cache, p, api, budget)
+        answers = [answer_text(cache.get(r.key)) for r in task.requests]
+        runs[task.name] = task_run(
+            task.name, task.queries, answers, params.bin_size, time.perf_counter() - started
+        )
+    api.cost_usd = round(api.cost_usd, 6)
+    api.retry_wait_s = round(api.retry_wait_s, 3)
+    return runs, api

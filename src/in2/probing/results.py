@@ -1,0 +1,96 @@
+"""What every probe runner produces, built in one place so the runners' outputs are identical.
+
+A runner only turns each query into an answer text: the local runner (in2.probing.local) by
+decoding the model, the API runner (in2.probing.api) by asking an endpoint. `task_run` scores
+the answers into the rows of `results/probe/<model>/<task>.predictions.jsonl`
+(`context_tokens`, `set_id`, `position_id`, `prediction`, `score`, `strict_score`) and the task's
+position curves (all lengths together, each length, and the strict variant: see
+in2.probing.metrics.STRICT); `scores_summary` is `scores.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from in2.probing.metrics import STRICT, PositionCurve, position_curve, score, summary
+from in2.probing.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """Predictions of one task (rows of `<task>.predictions.jsonl`), their curves and wall time."""
+
+    predictions: list[dict[str, object]]
+    curve: PositionCurve
+    """The paper's metric, over every set of every length (a bin averages the sets reaching it)."""
+    by_length: dict[int, PositionCurve]
+    """Target context length -> the curve of that length's sets."""
+    strict: PositionCurve
+    """The strict variant of the metric (in2.probing.metrics.STRICT), over every set."""
+    seconds: float
+
+
+def by_context(contexts: list[dict], queries: list[dict]) -> Iterator[tuple[dict, list[dict]]]:
+    """Each context with its queries, in file order: the order of the prediction rows."""
+    for context in contexts:
+        yield context, [q for q in queries if q["context_id"] == context["context_id"]]
+
+
+def task_run(
+    task: str, queries: list[dict], answers: list[str], bin_size: int, seconds: float
+) -> TaskRun:
+    """Score each query's answer (stripped of surrounding whitespace) and bin the scores."""
+    spec = TASKS[task]
+    predictions: list[dict[str, object]] = []
+    for query, answer in zip(queries, answers, strict=True):
+        text = answer.strip()
+        gold = {out: query[out] for out in spec.answer} | {"keyword": query["keyword"]}
+        predictions.append(
+            {
+                "context_tokens": query["context_tokens"],
+                "set_id": query["set_id"],
+                "position_id": query["position_id"],
+                "prediction": text,
+                "score": score(spec.metric, gold, text),
+                "strict_score": score(STRICT[spec.metric], gold, text),
+            }
+        )
+
+    def binned(key: str, length: int | None = None) -> PositionCurve:
+        # Sets of different lengths are different contexts: (length, set) identifies one.
+        return position_curve(
+            (
+                ((p["context_tokens"], p["set_id"]), p["position_id"], p[key])
+                for p in predictions
+                if length is None or p["context_tokens"] == length
+            ),
+            bin_size,
+        )
+
+    curve = binned("score")
+    lengths = sorted({p["context_tokens"] for p in predictions})
+    by_length = {length: binned("score", length) for length in lengths}
+    log.info(
+        "%s: %d queries in %.1f s (%.2f s/query), Avg %.3f, Gap %.3f",
+        task,
+        len(predictions),
+        seconds,
+        seconds / max(len(predictions), 1),
+        curve.avg,
+        curve.gap,
+    )
+    return TaskRun(predictions, curve, by_length, binned("strict_score"), seconds)
+
+
+def scores_summary(runs: Mapping[str, TaskRun]) -> dict[str, object]:
+    """`scores.json`: each task's curve, Avg and Gap (with those of each context length under
+    `by_length` and the strict variant under `strict`), plus the paper's "All" column."""
+    return summary(
+        {task: run.curve for task, run in runs.items()},
+        by_length={task: run.by_length for task, run in runs.items()},
+        strict={task: run.strict for task, run in runs.items()},
+    )

@@ -1,0 +1,172 @@
+"""The `template` QA generator: offline, deterministic, no model.
+
+The paper asks GPT-4-Turbo for QA pairs; this generator keeps the property IN2 relies on — the
+answer is recoverable from the gold segment text and from nothing else:
+
+- fine_grained (one segment): "Which N words directly follow "<cue>" in the context?" where the cue
+  is a run of words quoted from the segment and the answer the N words after it.
+- integration (>= 2 segments of one document): the same, for one cue in each segment; the answer
+  needs every one of them.
+
+Each pair records its `keywords` (the cues): synthesis keeps them unique within a context, so
+a question never becomes ambiguous because a filler quotes the same words.
+
+Besides continuations, the fine-grained pairs can be sentence quotes and lookups over record
+units (in2.qa.lookup); `qa.tasks` sets each task's share of the fine-grained pairs
+(`balance_tasks`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+from tqdm import tqdm
+
+from in2.params import QAParams
+from in2.qa.lookup import quote_pairs, unit_pairs
+from in2.qa.pairs import QAStats, qa_frame, qa_row, select_candidates
+
+log = logging.getLogger(__name__)
+
+GENERATOR = "template-v1"
+_SENTENCE_END = (".", "!", "?")
+
+
+@dataclass(frozen=True)
+class Cue:
+    """A quoted run of words and the words that follow it in one segment."""
+
+    cue: str
+    answer: str
+
+    @property
+    def n_answer_words(self) -> int:
+        return len(self.answer.split())
+
+
+def find_cue(text: str, params: QAParams, rng: random.Random) -> Cue | None:
+    """Pick a cue of `cue_words` words whose continuation stays inside one sentence.
+
+    The segment's first and last words are never used: a 128-token cut may split them.
+    The cue must occur once in the segment, and cue + answer must be a substring of the text.
+    """
+    words = text.split()
+    inner = range(1, len(words) - 1 - params.cue_words - 1)
+    starts = [i for i in inner if not words[i + params.cue_words - 1].endswith(_SENTENCE_END)]
+    rng.shuffle(starts)
+    for i in starts:
+        cue_words = words[i : i + params.cue_words]
+        answer: list[str] = []
+        for word in words[i + params.cue_words : len(words) - 1]:
+            answer.append(word)
+            if len(answer) == params.answer_words or word.endswith(_SENTENCE_END):
+                break
+        if len(answer) < 2:
+            continue
+        cue, ans = " ".join(cue_words), " ".join(answer)
+        if text.count(cue) == 1 and f"{cue} {ans}" in " ".join(words):
+            return Cue(cue, ans)
+    return None
+
+
+def fine_grained_question(cue: Cue) -> str:
+    return f'Which {cue.n_answer_words} words directly follow "{cue.cue}" in the context?'
+
+
+def integration_question(cues: list[Cue]) -> str:
+    parts = " ".join(f'{i}. "{c.cue}" ({c.n_answer_words} words)' for i, c in enumerate(cues, 1))
+    return f"For each of these phrases from one article, which words directly follow it? {parts}"
+
+
+def _row(kind: str, segs: list[int], doc: str, question: str, answer: str, cues: list[Cue]):
+    key = f"{GENERATOR}|{kind}|{segs}|{question}"
+    return qa_row(
+        kind=kind,
+        gold_segments=segs,
+        source_doc=doc,
+        question=question,
+        answer=answer,
+        keywords=[c.cue for c in cues],
+        generator=GENERATOR,
+        prompt_hash=hashlib.sha1(key.encode()).hexdigest(),
+    )
+
+
+def balance_tasks(
+    pairs: dict[str, list[dict]], shares: dict[str, float], seed: int
+) -> dict[str, list[dict]]:
+    """Fine-grained pairs in the configured task shares: the largest set that keeps them.
+
+    With N = min over tasks of (pairs available / share), a task keeps round(N × share) of its
+    pairs, a seeded sample in the original order; a task with share 0 keeps none.
+    """
+    wanted = {t: f for t, f in shares.items() if f > 0}
+    n = min(len(pairs.get(t, [])) / f for t, f in wanted.items())
+    kept = {}
+    for task, share in wanted.items():
+        rows = pairs.get(task, [])
+        keep = min(len(rows), round(n * share))
+        chosen = sorted(random.Random(f"{seed}:tasks:{task}").sample(range(len(rows)), keep))
+        kept[task] = [rows[i] for i in chosen]
+    return kept
+
+
+def generate_template_qa(
+    segments: pd.DataFrame, params: QAParams, seed: int
+) -> tuple[pd.DataFrame, QAStats]:
+    """QA pairs for the shared candidates of `segments` (seg_id, doc_id, index_in_doc, text).
+
+    Deterministic: a segment's cue comes from its own RNG seeded by (seed, seg_id), so a segment
+    gets the same cue in its fine-grained and its integration questions.
+    """
+    stats = QAStats()
+    candidates = select_candidates(segments, params, seed, stats)
+    text = dict(zip(segments["seg_id"].astype(int), segments["text"], strict=True))
+    doc = dict(zip(segments["seg_id"].astype(int), segments["doc_id"].astype(str), strict=True))
+    cues: dict[int, Cue | None] = {}
+
+    def cue_of(seg_id: int) -> Cue | None:
+        if seg_id not in cues:
+            cues[seg_id] = find_cue(text[seg_id], params, random.Random(f"{seed}:{seg_id}"))
+        return cues[seg_id]
+
+    tasks = {t for t, f in params.tasks.items() if f > 0}
+    fine: dict[str, list[dict]] = {}
+    if "continuation" in tasks:
+        fine["continuation"] = []
+        for seg_id in tqdm(candidates.fine_grained, desc="qa fine_grained"):
+            cue = cue_of(seg_id)
+            if cue is None:
+                stats.reject("fine_grained:no_unique_cue")
+                continue
+            question = fine_grained_question(cue)
+            fine["continuation"].append(
+                _row("fine_grained", [seg_id], doc[seg_id], question, cue.answer, [cue])
+            )
+    if "quote" in tasks:
+        fine["quote"] = quote_pairs(segments, candidates.fine_grained, params, seed, stats)
+    for unit in ("record", "entry"):
+        if unit in tasks:
+            fine[unit] = unit_pairs(segments, unit, params, seed, stats)
+    rows = []
+    for task, kept in balance_tasks(fine, params.tasks, seed).items():
+        rows.extend(kept)
+        stats.accepted[f"fine_grained:{task}"] = len(kept)
+    stats.accepted["fine_grained"] = len(rows)
+
+    for doc_id, segs in tqdm(candidates.integration, desc="qa integration"):
+        found = [cue_of(s) for s in segs]
+        picked = [c for c in found if c is not None]
+        if len(picked) < len(found):
+            stats.reject("integration:no_unique_cue")
+            continue
+        answer = " ".join(f"{i}. {c.answer}" for i, c in enumerate(picked, 1))
+        question = integration_question(picked)
+        rows.append(_row("integration", segs, doc_id, question, answer, picked))
+        stats.accept("integration")
+    log.info("qa (template): accepted %s, rejected %s", stats.accepted, stats.rejected)
+    return qa_frame(rows), stats

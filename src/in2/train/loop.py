@@ -1,0 +1,565 @@
+"""IN2 training: an accelerate loop with the loss on the answer tokens only.
+
+The long context and the question are the instruction; only the answer is learned. The output
+layer therefore runs only on the positions that predict answer tokens (`AnswerOnlyLoss`): the
+fp32 [T, vocab] logits of a 32K-token context are ~4 GB for Mistral's 32K vocabulary (more with
+their gradient), and all but a few dozen rows of them would be thrown away.
+
+The same loop runs under plain `python` on one CPU and under `accelerate launch` / `torchrun`
+on many processes (see in2.train.batching for the global batch arithmetic).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+
+from in2.lineage.fingerprint import file_md5, path_md5
+from in2.lineage.tracking import mlflow_run
+from in2.model import save_model, scale_rope_base
+from in2.outputs import atomic_dir, atomic_file, write_json
+from in2.params import InputError, Params, TrainParams
+from in2.train.batching import (
+    IGNORE_INDEX,
+    BatchPlan,
+    EncodedExample,
+    ExampleEncoder,
+    MicroBatches,
+    collate,
+    plan_batches,
+    process_micro_batches,
+    step_schedule,
+)
+from in2.train.checkpoints import Checkpoints
+
+log = logging.getLogger(__name__)
+
+
+def require_passed_gate(summary_path: str | Path, data_files: Sequence[str | Path]) -> str:
+    """Refuse to train unless the quality gate passed on exactly these data files.
+
+    Returns the dataset md5 the gate recorded (the version tag of the training data).
+    """
+    path = Path(summary_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run `dvc repro validate` to build it")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg}); run `dvc repro validate`") from None
+    if summary.get("success") is not True:
+        raise InputError(
+            f"the data quality gate did not pass ({path}: success={summary.get('success')!r}); "
+            "read its Data Docs under reports/data_quality/, fix the data and `dvc repro validate`"
+        )
+    checked = summary.get("dataset", {}).get("files", {})
+    for file in data_files:
+        if checked.get(str(file)) != file_md5(Path(file)):
+            raise InputError(
+                f"{file} is not the file the quality gate passed ({path}); "
+                "run `dvc repro validate` (or `dvc repro train`, which runs it first)"
+            )
+    return summary["dataset"]["md5"]
+
+
+class AnswerOnlyLoss(nn.Module):
+    """A causal LM whose forward returns the summed cross-entropy of the answer tokens only.
+
+    The decoder body gives hidden states; the output layer runs on the positions whose next
+    token is labelled. Wrapping the model (rather than calling its body from the loop) keeps
+    the forward pass going through DDP/FSDP wrappers, which must see it to sync gradients.
+    """
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        body = self.lm.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        )
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        keep = targets != IGNORE_INDEX
+        hidden = body.last_hidden_state[:, :-1][keep]  # [answer tokens, hidden]
+        logits = self.lm.get_output_embeddings()(hidden).float()
+        return F.cross_entropy(logits, targets[keep], reduction="sum")
+
+
+@dataclass(frozen=True)
+class StepLog:
+    step: int
+    loss: float
+    """Mean cross-entropy over the answer tokens of the step's global batch."""
+    lr: float
+    """Learning rate this step was taken with."""
+    grad_norm: float
+    """Gradient norm before clipping."""
+    tokens_per_s: float
+    """Real (non-padding) tokens of the step, all processes, per second of the step."""
+    padding_fraction: float
+    """Share of the computed tokens that were padding."""
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where the stage writes (DVC outs and metrics)."""
+
+    model_dir: Path = Path("models/in2")
+    metrics: Path = Path("metrics/train.json")
+    loss_csv: Path = Path("metrics/train_loss.csv")
+    checkpoints: Path = Path("checkpoints")
+    """Resumable checkpoints (a DVC output with `persist: true`; see in2.train.checkpoints)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    plan: BatchPlan
+    history: list[StepLog]
+    val_loss: float | None
+    train_tokens: int
+    wall_seconds: float
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1].loss
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.wall_seconds if self.wall_seconds else 0.0
+
+
+def _optimizer(lm: PreTrainedModel, params: Params) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; weight decay on matrices only (not norms/biases)."""
+    if params.train.freeze_embeddings:
+        # Tied models (SmolLM2) share this tensor with lm_head, so the output layer freezes too.
+        lm.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in lm.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": params.train.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=params.train.learning_rate)
+
+
+def _on_cpu() -> bool:
+    """No accelerator: accelerate must be told (cpu=True) to run a `torchrun` CPU job on gloo."""
+    return not torch.accelerator.is_available()
+
+
+def init_distributed() -> PartialState:
+    """Join the process group (if launched as one) before the model is loaded.
+
+    Under FSDP with `fsdp_cpu_ram_efficient_loading`, transformers loads the real weights on
+    rank 0 only, and only when the process group is already up; the other ranks build the model
+    on the meta device and receive the weights when `prepare` syncs the module states. Without
+    this, every rank holds a full fp32 copy of the model in host memory (~28 GB for 7B).
+    """
+    return PartialState(cpu=_on_cpu())
+
+
+def _check_fsdp(accelerator: Accelerator) -> None:
+    """The loop's FSDP assumptions, checked before anything is sharded."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version == 1 and not plugin.use_orig_params:
+        # The AdamW groups are built on the original parameters (weight decay by shape) and the
+        # embeddings may be frozen next to trainable weights: both need FSDP's original params.
+        raise InputError(
+            "FSDP: set `fsdp_use_orig_params: true` in the accelerate config "
+            "(configs/accelerate/fsdp_8gpu.yaml does); the optimizer is built on the "
+            "original parameters and frozen embeddings sit beside trainable weights"
+        )
+    if plugin.fsdp_version != 1:
+        raise InputError(
+            f"FSDP version {plugin.fsdp_version} is not supported by the train stage yet; "
+            "set `fsdp_version: 1` in the accelerate config (see docs/scale-out.md)"
+        )
+
+
+def _mixed_precision(precision: str) -> str:
+    """accelerate's mixed_precision for `train.precision`.
+
+    `auto` picks bf16 autocast where the hardware computes it natively: a GPU with bf16, or a CPU
+    with AVX512-BF16/AMX (about 2x faster than fp32 there); fp32 elsewhere.
+    """
+    if precision != "auto":
+        return "bf16" if precision == "bf16" else "no"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+@torch.no_grad()
+def evaluate(
+    loss_fn: nn.Module,
+    encoder: ExampleEncoder,
+    examples: list[EncodedExample],
+    micro_batch_size: int,
+    pad_id: int,
+    accelerator: Accelerator,
+) -> float | None:
+    """Mean cross-entropy per answer token over `examples` (each process takes every n-th one).
+
+    `loss_fn` is the prepared (wrapped) `AnswerOnlyLoss`: under FSDP only the wrapper gathers the
+    sharded weights. Its forwards are collectives (FSDP all-gathers, DDP buffer broadcasts), so
+    every process runs the same number of micro-batches; a process whose share has run out
+    repeats the first example and counts it with weight 0.
+    """
+    if not examples:
+        return None
+    was_training = loss_fn.training
+    loss_fn.eval()
+    mine = examples[accelerator.process_index :: accelerator.num_processes]
+    largest_share = math.ceil(len(examples) / accelerator.num_processes)
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for i in range(0, largest_share, micro_batch_size):
+        chunk = mine[i : i + micro_batch_size]
+        weight = 1.0 if chunk else 0.0
+        batch = collate([encoder.ids(e) for e in chunk or examples[:1]], pad_id)
+        with accelerator.autocast():
+            loss = loss_fn(
+                batch.input_ids.to(accelerator.device),
+                batch.attention_mask.to(accelerator.device),
+                batch.labels.to(accelerator.device),
+            )
+        n_answer = (batch.labels != IGNORE_INDEX).sum()
+        total += weight * torch.stack([loss.double(), n_answer.double().to(total.device)])
+    loss_fn.train(was_training)
+    loss_sum, n = accelerator.reduce(total, "sum").tolist()
+    return loss_sum / n
+
+
+def _run_steps(
+    accelerator: Accelerator,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    encoder: ExampleEncoder,
+    examples: list[EncodedExample],
+    plan: BatchPlan,
+    schedule: np.ndarray,
+    pad_id: int,
+    tp: TrainParams,
+    mlflow: Any,
+    history: list[StepLog],
+    checkpoint: Callable[[int, list[StepLog]], None],
+) -> tuple[list[StepLog], int]:
+    """The optimizer steps after those in `history` (a resumed run has some); returns the full
+    step log and the real tokens processed by this call (all processes). With
+    `train.checkpoint_every` > 0, `checkpoint(step, history)` runs every that many steps and after
+    the last one."""
+    answer_len = np.array([len(e.answer) for e in examples])
+    lengths = np.array([e.n_tokens for e in examples]) if tp.group_by_length else None
+    rank = accelerator.process_index
+    first = len(history)  # the schedule is a function of the seed: step k is the same step
+    per_step = [process_micro_batches(s, plan, rank, lengths) for s in schedule[first:]]
+    batches = iter(
+        DataLoader(
+            MicroBatches(encoder, examples, [m for step in per_step for m in step], pad_id),
+            batch_size=None,
+            num_workers=tp.num_workers,
+        )
+    )
+    history = list(history)
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    bar = tqdm(schedule[first:], desc="train", unit="step", disable=not accelerator.is_main_process)
+    for step, indices in enumerate(bar, start=first + 1):
+        started = time.perf_counter()
+        # Normalise by the answer tokens of the whole global batch (every rank knows them), so the
+        # gradient is the per-token mean however the answers fall into micro-batches and ranks;
+        # × world size because DDP averages gradients over processes.
+        n_answer = float(answer_len[indices].sum())
+        scale = plan.world_size / n_answer
+        loss_sum = torch.zeros((), device=accelerator.device)
+        # real and padded tokens of this step on this process, summed over processes below
+        counts = torch.zeros(2, dtype=torch.long, device=accelerator.device)
+        micro = per_step[step - 1 - first]
+        for i in range(len(micro)):
+            batch = next(batches)
+            # Gradients are all-reduced on the last micro-batch of a step only.
+            with nullcontext() if i == len(micro) - 1 else accelerator.no_sync(loss_fn):
+                loss = loss_fn(
+                    batch.input_ids.to(accelerator.device),
+                    batch.attention_mask.to(accelerator.device),
+                    batch.labels.to(accelerator.device),
+                )
+                accelerator.backward(loss * scale)
+            loss_sum += loss.detach()
+            counts += torch.tensor([batch.n_tokens, batch.n_padded], device=counts.device)
+        grad_norm = accelerator.clip_grad_norm_(loss_fn.parameters(), tp.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_mean = accelerator.reduce(loss_sum, "sum").item() / n_answer
+        real, padded = accelerator.reduce(counts, "sum").tolist()
+        tokens += counts[0]
+        entry = StepLog(
+            step,
+            loss_mean,
+            float(lr),
+            float(grad_norm),
+            real / (time.perf_counter() - started),
+            1 - real / padded,
+        )
+        history.append(entry)
+        bar.set_postfix(loss=f"{entry.loss:.4f}", lr=f"{lr:.2e}")
+        if mlflow:
+            mlflow.log_metrics(
+                {
+                    "loss": entry.loss,
+                    "lr": entry.lr,
+                    "grad_norm": entry.grad_norm,
+                    "tokens_per_s": entry.tokens_per_s,
+                    "padding_fraction": entry.padding_fraction,
+                },
+                step=step,
+            )
+        if tp.checkpoint_every and (step % tp.checkpoint_every == 0 or step == len(schedule)):
+            checkpoint(step, history)
+    return history, int(accelerator.reduce(tokens, "sum").item())
+
+
+def train(
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    encoder: ExampleEncoder,
+    train_examples: list[EncodedExample],
+    val_examples: list[EncodedExample],
+    params: Params,
+    outputs: TrainOutputs = TrainOutputs(),
+    dataset_md5: str | None = None,
+    inputs: Sequence[str] = (),
+) -> TrainResult:
+    """Train `lm` in place, evaluate, record an MLflow run (tagged with the md5 of each of
+    `inputs`) and write the checkpoint and metrics."""
+    tp = params.train
+    set_seed(tp.seed)
+    accelerator = Accelerator(
+        cpu=_on_cpu(), mixed_precision=_mixed_precision(params.train.precision)
+    )
+    _check_fsdp(accelerator)
+    log.info(
+        "accelerate: %s on %s, %d process(es), mixed precision %s",
+        accelerator.distributed_type.value,
+        accelerator.device,
+        accelerator.num_processes,
+        accelerator.mixed_precision,
+    )
+    plan = plan_batches(
+        tp.micro_batch_size,
+        tp.global_batch_size,
+        accelerator.num_processes,
+        len(train_examples),
+        tp.epochs,
+    )
+    log.info("%s", plan.describe())
+    if tp.rope_theta_factor != 1.0:
+        theta = scale_rope_base(lm, tp.rope_theta_factor)
+        log.info("RoPE base × %g -> %g", tp.rope_theta_factor, theta)
+    if tp.gradient_checkpointing:
+        lm.activation_checkpointing_enable()
+    lm.train()
+    # Names under which a tensor appears a second time (tied weights: SmolLM2's lm_head is its
+    # embedding). FSDP's gathered state dict holds them as separate copies; saving both would
+    # break the tie in models/in2, so they are dropped there as save_pretrained does untouched.
+    tied = {n for n, _ in lm.named_parameters(remove_duplicate=False)} - {
+        n for n, _ in lm.named_parameters()
+    }
+    # Built before `prepare`, on the original parameters (FSDP1 with use_orig_params keeps these
+    # very tensors, as views into its shards): weight decay is grouped by their unsharded shapes.
+    optimizer = _optimizer(lm, params)
+    # Not passed to accelerator.prepare: an AcceleratedScheduler steps once per process per
+    # optimizer step, while this schedule already counts optimizer steps of the global batch.
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(tp.warmup_ratio * plan.optimizer_steps), plan.optimizer_steps
+    )
+    loss_fn, optimizer = accelerator.prepare(AnswerOnlyLoss(lm), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    pad_id = tokenizer.pad_token_id
+    store = Checkpoints.for_run(
+        outputs.checkpoints,
+        {
+            "train": tp.model_dump(exclude={"num_workers", "checkpoint_every"}),
+            "model": params.model.model_dump(),
+            "data": dataset_md5,
+        },
+    )
+    outputs.checkpoints.mkdir(parents=True, exist_ok=True)  # a DVC output, even when unused
+    history: list[StepLog] = []
+    if tp.checkpoint_every and (resume_from := store.latest()):
+        step, logged = store.load(accelerator, resume_from)
+        history = [StepLog(**entry) for entry in logged]
+        log.info("resuming from %s (step %d of %d)", resume_from, step, plan.optimizer_steps)
+
+    def checkpoint(step: int, so_far: list[StepLog]) -> None:
+        store.save(accelerator, tokenizer, step, [asdict(h) for h in so_far])
+
+    main = accelerator.is_main_process
+    run_params = {"train": tp.model_dump(), "model": params.model.model_dump()}
+    tags = {"dataset_md5": dataset_md5} if dataset_md5 else {}
+    run = mlflow_run("train", params=run_params, tags=tags, inputs=inputs)
+    with run if main else nullcontext() as mlflow:
+        if mlflow:
+            log_training_data(mlflow, train_examples, dataset_md5)
+            mlflow.log_params(
+                {
+                    "gradient_accumulation": plan.gradient_accumulation,
+                    "world_size": plan.world_size,
+                    "rope_theta": lm.config.to_dict().get("rope_parameters", {}).get("rope_theta"),
+                }
+            )
+        start = time.perf_counter()
+        history, n_tokens = _run_steps(
+            accelerator,
+            loss_fn,
+            optimizer,
+            scheduler,
+            encoder,
+            train_examples,
+            plan,
+            step_schedule(plan, tp.seed),
+            pad_id,
+            tp,
+            mlflow,
+            history,
+            checkpoint,
+        )
+        wall = time.perf_counter() - start
+        val_loss = evaluate(
+            loss_fn, encoder, val_examples, tp.micro_batch_size, pad_id, accelerator
+        )
+        result = TrainResult(plan, history, val_loss, n_tokens, wall)
+        log.info(
+            "trained %d steps in %.0f s (%.0f tokens/s): final loss %.4f, val loss %s",
+            len(history),
+            wall,
+            result.tokens_per_second,
+            result.final_loss,
+            "n/a" if val_loss is None else f"{val_loss:.4f}",
+        )
+        if mlflow:
+            mlflow.log_metrics(_summary_metrics(result))
+        # A collective under FSDP (the shards are gathered to the main process): every rank calls.
+        state = accelerator.get_state_dict(loss_fn)
+        if main:
+            weights = {
+                name: tensor
+                for key, tensor in state.items()
+                if (name := key.removeprefix("lm.")) not in tied
+            }
+            run_id = mlflow.active_run().info.run_id
+            write_outputs(lm, weights, tokenizer, result, params, outputs, dataset_md5, run_id)
+        accelerator.wait_for_everyone()
+        if mlflow:
+            checkpoint_md5 = path_md5(outputs.model_dir)
+            mlflow.set_tags(
+                {"checkpoint_path": str(outputs.model_dir), "checkpoint_md5": checkpoint_md5}
+            )
+    return result
+
+
+def log_training_data(mlflow: Any, examples: list[EncodedExample], dataset_md5: str | None) -> None:
+    """The training set as an MLflow dataset input whose digest is its DVC md5 (MLflow's own
+    digest would hash a sample only): one row per example, its id and token count."""
+    frame = pd.DataFrame(
+        {"example_id": [e.example_id for e in examples], "n_tokens": [e.n_tokens for e in examples]}
+    )
+    with warnings.catch_warnings():
+        # MLflow warns that a local path matches two equivalent source classes and that integer
+        # columns cannot hold missing values; neither matters for a record of the input.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            frame, source="data/in2", name="data/in2/train.parquet", digest=dataset_md5
+        )
+        mlflow.log_input(dataset, context="training")
+
+
+def _summary_metrics(result: TrainResult) -> dict[str, float]:
+    metrics = {
+        "train_loss": result.final_loss,
+        "tokens_per_second": result.tokens_per_second,
+        "padding_fraction": float(np.mean([h.padding_fraction for h in result.history])),
+        "wall_seconds": result.wall_seconds,
+        "global_batch_size": result.plan.global_batch_size,
+        "gradient_accumulation": result.plan.gradient_accumulation,
+    }
+    if result.val_loss is not None:
+        metrics["val_loss"] = result.val_loss
+    return metrics
+
+
+def trainer_state(
+    result: TrainResult, params: Params, dataset_md5: str | None, mlflow_run_id: str | None
+) -> dict[str, Any]:
+    """What the checkpoint was trained with and how it went, and the MLflow run that made it (a
+    probe run names that run: docs/lineage.md); no timings."""
+    return {
+        "mlflow_run_id": mlflow_run_id,
+        "optimizer_steps": len(result.history),
+        "examples_seen": result.plan.optimizer_steps * result.plan.global_batch_size,
+        "final_train_loss": result.final_loss,
+        "val_loss": result.val_loss,
+        "batch": asdict(result.plan),
+        "seed": params.train.seed,
+        "train": params.train.model_dump(),
+        "dataset_md5": dataset_md5,
+        "log_history": [asdict(h) for h in result.history],
+    }
+
+
+def write_outputs(
+    lm: PreTrainedModel,
+    weights: dict[str, torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    result: TrainResult,
+    params: Params,
+    outputs: TrainOutputs,
+    dataset_md5: str | None,
+    mlflow_run_id: str | None,
+) -> None:
+    """Checkpoint folder (`lm`'s config with `weights`), metrics JSON and the loss curve CSV,
+    each written atomically."""
+    with atomic_dir(outputs.model_dir) as out:
+        save_model(lm, tokenizer, out, state_dict=weights)
+        write_json(
+            out / "trainer_state.json", trainer_state(result, params, dataset_md5, mlflow_run_id)
+        )
+    metrics = {
+        "final_train_loss": result.final_loss,
+        "val_loss": result.val_loss,
+        "optimizer_steps": len(result.history),
+        "examples": result.plan.n_examples,
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "wall_seconds": round(result.wall_seconds, 1),
+    }
+    write_json(outputs.metrics, metrics)
+    with atomic_file(outputs.loss_csv) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss", "lr"])
+        writer.writerows([h.step, f"{h.loss:.6f}", f"{h.lr:.6g}"] for h in result.history)
+    log.info("wrote %s, %s, %s", outputs.model_dir, outputs.metrics, outputs.loss_csv)
