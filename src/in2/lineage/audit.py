@@ -2,8 +2,9 @@
 
 A run's tags name DVC's md5 of everything it read (in2.lineage.tracking); `dvc.lock` (in the
 workspace, in the git history, in DVC experiment commits) names what each dataset was made
-from. Each md5 is checked against the workspace and the DVC cache, so a file changed after a run is reported
-rather than silently taken for the one the run saw. docs/lineage.md shows the output.
+from. Each md5 is checked against the workspace and the DVC cache, so a file changed after a
+run is reported rather than silently taken for the one the run saw. docs/lineage.md shows the
+output.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Why: our probe sets are rebuilt from offline material, so a score on them says nothing about the
 paper's numbers. Reading the released task files into `in2.probing.tasks` structures lets
 `run_task` run the very same probes, and scoring the released prediction files with
-`in2.probing.metrics` checks that our metric and binning reproduce the paper's (see docs/official-probes.md).
+`in2.probing.metrics` checks that our metric and binning reproduce the paper's (see
+docs/official-probes.md).
 
 Formats (microsoft/FILM, VaLProbing/plot.py and vllm_inference/vllm_inference.py):
 - task file, one JSON object a line: `prompt` (the whole FILM-7B prompt: context and question),
