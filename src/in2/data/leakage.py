@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
+
+from in2.outputs import read_jsonl
 
 _WORD = re.compile(r"\w+")
 
@@ -16,6 +19,11 @@ def ngrams(text: str, n: int) -> set[int]:
     """Hashes of the lower-cased word n-grams of a text."""
     words = _WORD.findall(text.lower())
     return {hash(tuple(words[i : i + n])) for i in range(len(words) - n + 1)}
+
+
+def read_probe_texts(probes_dir: Path) -> list[str]:
+    """The text of every probe context (`<task>/contexts.jsonl`), tasks in name order."""
+    return [r["text"] for f in sorted(probes_dir.glob("*/contexts.jsonl")) for r in read_jsonl(f)]
 
 
 def probe_ngrams(probe_texts: Iterable[str], n: int) -> set[int]:
