@@ -18,8 +18,10 @@ from pathlib import Path
 import pandas as pd
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from in2.probing.tasks import TASKS, ProbeSources, build_probes
+from in2.probing.build import build_probes
+from in2.probing.tasks import ProbeSources
 from in2.prompting import PromptEncoder
+from in2.registry import PROBE_TASKS
 
 
 class MistralV1:
@@ -51,7 +53,9 @@ def main() -> None:
         pd.DataFrame(columns=["title", "text", "description"]), pieces=args.pieces
     )
     started = time.perf_counter()
-    probes = build_probes(sources, encoder, list(TASKS), args.context_tokens, args.sets, args.seed)
+    probes = build_probes(
+        sources, encoder, list(PROBE_TASKS), args.context_tokens, args.sets, args.seed
+    )
     print(f"built in {time.perf_counter() - started:.0f} s")
     print(
         "| task | length | items per context | queries per context | skipped (ambiguous) "

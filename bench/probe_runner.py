@@ -65,8 +65,9 @@ def main() -> None:
 
     from in2.model import load_model, load_tokenizer
     from in2.params import ProbeParams
+    from in2.probing.build import build_probes
     from in2.probing.local import generate_shared
-    from in2.probing.tasks import ProbeSources, build_probes
+    from in2.probing.tasks import ProbeSources, answer_budget
     from in2.prompting import PromptEncoder
 
     hf_logging.set_verbosity_error()
@@ -75,7 +76,7 @@ def main() -> None:
     tokenizer = load_tokenizer(BASE_DIR)
     params = ProbeParams()
     encoder = PromptEncoder.create(tokenizer, params.prompt_format)
-    max_new = params.max_new_tokens[args.task]
+    max_new = answer_budget(params, args.task)
     stop_ids, pad_id = encoder.stop_ids(), tokenizer.pad_token_id
     sources = ProbeSources(pd.read_parquet(HELDOUT, columns=["title", "text", "description"]))
     print(

@@ -12,17 +12,17 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from in2 import layout
 from in2.lineage.fingerprint import path_md5
 from in2.lineage.tracking import input_tags, log_dataset, mlflow_run, stage_inputs
-from in2.model import BASE_DIR, load_model, load_tokenizer
+from in2.model import load_model, load_tokenizer
 from in2.outputs import atomic_dir, write_json, write_jsonl
 from in2.probing.api import probe_endpoint
 from in2.probing.local import probe_model
-from in2.probing.results import scores_summary
-from in2.report.tables import plot_curves, plot_heatmap
+from in2.probing.results import log_scores, scores_summary
 from in2.stage import log, run_stage
 
-PROBES = Path("data/probes")
+PROBES = layout.PROBES
 MAKER = {"base": "base_model", "in2": "train"}
 """Model name -> the DVC stage that builds models/<name>/ (probed by the local runner)."""
 API = "api"
@@ -30,7 +30,7 @@ API = "api"
 
 
 def main(params, args) -> None:
-    model_dir = Path("models") / args.model
+    model_dir = layout.model_dir(args.model)
     if args.model != API and not model_dir.is_dir():
         raise FileNotFoundError(
             f"{model_dir} does not exist; run `dvc repro {MAKER[args.model]}` first"
@@ -39,7 +39,7 @@ def main(params, args) -> None:
         raise FileNotFoundError(f"{PROBES} does not exist; run `dvc repro probe_data` first")
     api = None
     if args.model == API:
-        runs, api = probe_endpoint(params.probe, PROBES, BASE_DIR / "tokenizer.json")
+        runs, api = probe_endpoint(params.probe, PROBES, layout.BASE_MODEL / "tokenizer.json")
         tags = {"model": API, "runner": "openai", "api_model": params.probe.openai.model}
         logged = params.probe.model_dump()
     else:
@@ -48,7 +48,7 @@ def main(params, args) -> None:
         logged = params.probe.model_dump(exclude={"openai"})
     scores = scores_summary(runs)
 
-    out = Path("results/probe") / args.model
+    out = layout.probe_results(args.model)
     with atomic_dir(out) as tmp:
         for task, run in runs.items():
             write_jsonl(tmp / f"{task}.predictions.jsonl", run.predictions)
@@ -60,25 +60,7 @@ def main(params, args) -> None:
     }
     with mlflow_run(f"probe-{args.model}", params=logged, tags=tags) as mlflow:
         log_dataset(mlflow, PROBES, context="evaluation")
-        for task, run in runs.items():
-            for step, value in enumerate(run.curve.bins):
-                if value is not None:  # a bin of only ambiguous (skipped) positions
-                    mlflow.log_metric(f"{task}_bin_score", value, step=step)
-            for step, value in enumerate(run.strict.bins):
-                if value is not None:
-                    mlflow.log_metric(f"{task}_strict_bin_score", value, step=step)
-            mlflow.log_metric(f"{task}_avg", run.curve.avg)
-            mlflow.log_metric(f"{task}_gap", run.curve.gap)
-            mlflow.log_metric(f"{task}_strict_avg", run.strict.avg)
-            mlflow.log_metric(f"{task}_strict_gap", run.strict.gap)
-            mlflow.log_metric(f"{task}_seconds", run.seconds)
-        for column in ("all", "all_strict"):
-            mlflow.log_metric(f"{column}_avg", scores[column]["avg"])
-            mlflow.log_metric(f"{column}_gap", scores[column]["gap"])
-        mlflow.log_dict(scores, "scores.json")
-        tasks = list(runs)
-        mlflow.log_figure(plot_curves({args.model: scores}, tasks), "probe_curves.png")
-        mlflow.log_figure(plot_heatmap(scores, tasks), "heatmap.png")
+        log_scores(mlflow, runs, scores)  # the report stage adds this run's figures
         if api is not None:  # what the endpoint was asked and what it cost
             mlflow.log_dict(asdict(api), "api.json")
             for name in ("requests", "cached", "cost_usd", "retry_wait_s"):

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from in2.model import BASE_DIR, load_tokenizer
-from in2.probing.tasks import ProbeSources, build_probes, write_probes
+from in2.probing.build import build_probes, write_probes
+from in2.probing.tasks import ProbeSources
 from in2.prompting import PromptEncoder
 from in2.stage import log, run_stage
 

@@ -86,7 +86,8 @@ def vary_weights(model: torch.nn.Module) -> torch.nn.Module:
 def probes_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Probe data of PROBE_TASKS for the tiny model, built and written as probe_data does."""
     from in2.model import load_tokenizer
-    from in2.probing.tasks import ProbeSources, build_probes, write_probes
+    from in2.probing.build import build_probes, write_probes
+    from in2.probing.tasks import ProbeSources
     from in2.prompting import PromptEncoder
 
     encoder = PromptEncoder.create(load_tokenizer(tiny_model_dir), "chat")

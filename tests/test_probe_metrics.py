@@ -6,7 +6,6 @@ import pytest
 
 from in2.probing.metrics import (
     SCORERS,
-    STRICT,
     label_match,
     name_match,
     overall,
@@ -16,6 +15,7 @@ from in2.probing.metrics import (
     word_recall,
     word_recall_beyond_keyword,
 )
+from in2.registry import PROBE_TASKS
 
 
 def test_word_recall_counts_distinct_lowercased_words() -> None:
@@ -76,11 +76,13 @@ def test_strict_database_match_needs_the_label() -> None:
 
 
 def test_every_metric_has_a_registered_strict_variant() -> None:
-    assert set(STRICT) == {"word_recall", "name_match", "relaxed_match"}
-    assert set(STRICT.values()) <= set(SCORERS)
+    specs = {name: PROBE_TASKS[name] for name in PROBE_TASKS}
+    strict = {spec.metric: spec.strict_metric for spec in specs.values()}
+    assert set(strict) == {"word_recall", "name_match", "relaxed_match"}
+    assert set(strict.values()) <= set(SCORERS)
     gold = {"completion": "a b c", "keyword": "a", "label": "L", "description": "d"}
-    assert score(STRICT["word_recall"], gold, "a b") == 0.5
-    assert score(STRICT["relaxed_match"], gold, "d") == 0.0
+    assert score(strict["word_recall"], gold, "a b") == 0.5
+    assert score(strict["relaxed_match"], gold, "d") == 0.0
 
 
 def test_score_dispatches_by_metric_name() -> None:

@@ -22,8 +22,8 @@ from conftest import PROBE_CONTEXT_TOKENS, PROBE_TASKS, free_port, transformers_
 from in2.model import load_model, load_tokenizer, save_model
 from in2.params import InputError, OpenAIProbeParams, ProbeParams
 from in2.probing.api import probe_endpoint
+from in2.probing.build import read_probes
 from in2.probing.local import probe_model
-from in2.probing.tasks import read_probes
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW = 6

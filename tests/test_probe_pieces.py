@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from in2.model import load_tokenizer
-from in2.probing.tasks import TASKS, ProbeSet, ProbeSources, build_probes, read_probes, write_probes
+from in2.probing.build import ProbeSet, build_probes, read_probes, write_probes
+from in2.probing.tasks import ProbeSources
 from in2.prompting import PromptEncoder
+from in2.registry import PROBE_TASKS
 
 SHARED_PIECES = Path(__file__).resolve().parents[2] / "shared" / "data" / "valprobing"
 NO_HELDOUT = pd.DataFrame(columns=["title", "text", "description"])
@@ -75,13 +77,13 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def build(folder: Path, encoder: PromptEncoder, lengths: list[int], n_sets: int = 2) -> dict:
     sources = ProbeSources(NO_HELDOUT, pieces=folder)
-    return build_probes(sources, encoder, list(TASKS), lengths, n_sets, seed=0)
+    return build_probes(sources, encoder, list(PROBE_TASKS), lengths, n_sets, seed=0)
 
 
 def check_set(task: str, s: ProbeSet, encoder: PromptEncoder) -> list[str]:
     """The invariants of any set; returns the items of its context, in position order."""
     text = s.context["text"]
-    items = text.split(TASKS[task].separator)
+    items = text.split(PROBE_TASKS[task].separator)
     assert len(items) == s.context["n_items"]
     assert s.context["n_tokens"] == len(encoder.context(text)) <= s.context["context_tokens"]
     positions = [q["position_id"] for q in s.queries]

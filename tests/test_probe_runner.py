@@ -13,9 +13,9 @@ from transformers import PreTrainedModel
 
 from in2.model import load_model, load_tokenizer
 from in2.params import ProbeParams
+from in2.probing.build import read_probes
 from in2.probing.local import generate_shared, probe_model
 from in2.probing.results import TaskRun, scores_summary
-from in2.probing.tasks import read_probes
 from in2.prompting import PromptEncoder
 from in2.report.tables import write_report
 

@@ -13,18 +13,10 @@ import pytest
 from in2.model import load_tokenizer
 from in2.outputs import read_jsonl
 from in2.params import ProbeParams
-from in2.probing.tasks import (
-    TASKS,
-    Item,
-    ProbeSources,
-    build_probes,
-    build_task,
-    load_entities,
-    load_functions,
-    split_sentences,
-    write_probes,
-)
+from in2.probing.build import build_probes, build_task, write_probes
+from in2.probing.tasks import Item, ProbeSources, load_entities, load_functions, split_sentences
 from in2.prompting import PromptEncoder
+from in2.registry import PROBE_TASKS
 
 WORDS = [
     *("river", "stone", "light", "music", "paper", "garden", "window", "city", "forest"),
@@ -118,7 +110,7 @@ def test_every_position_asked_once_with_a_unique_keyword_of_its_own_item(
     sources: ProbeSources, encoder: PromptEncoder
 ) -> None:
     for task, sets in build(sources, encoder).items():
-        spec = TASKS[task]
+        spec = PROBE_TASKS[task]
         for s in sets:
             text = s.context["text"]
             items = text.split(spec.separator)
@@ -143,13 +135,15 @@ def test_contexts_fit_the_token_budget_and_sets_use_different_items(
             n_tokens = s.context["n_tokens"]
             assert n_tokens == len(encoder.context(s.context["text"])) <= TARGET
             assert n_tokens > TARGET * 0.7, "a context should be nearly full"
-        items = [set(s.context["text"].split(TASKS[task].separator)) for s in sets]
+        items = [set(s.context["text"].split(PROBE_TASKS[task].separator)) for s in sets]
         assert not items[0] & items[1], f"{task}: sets share items although the pool is large"
 
 
 def test_every_set_holds_the_same_number_of_items(encoder: PromptEncoder) -> None:
     # items of 1 to 9 words: packed alone, the sets would hold different numbers of items
-    spec = replace(TASKS["document"], name="toy", render="{text}", answer={"completion": "text"})
+    spec = replace(
+        PROBE_TASKS["document"], name="toy", render="{text}", answer={"completion": "text"}
+    )
     items = [Item({"text": f"item{i} " + "word " * (i % 9)}, (f"item{i} ",)) for i in range(200)]
     sets = build_task(spec, items, encoder, 60, 6, np.random.default_rng(0))
     assert len({s.context["n_items"] for s in sets}) == 1
@@ -168,7 +162,9 @@ def test_deterministic_for_a_seed(sources: ProbeSources, encoder: PromptEncoder)
 
 
 def test_ambiguous_keywords_are_never_asked(encoder: PromptEncoder) -> None:
-    spec = replace(TASKS["document"], name="toy", render="{text}", answer={"completion": "text"})
+    spec = replace(
+        PROBE_TASKS["document"], name="toy", render="{text}", answer={"completion": "text"}
+    )
     items = [
         Item({"text": "alpha shared words here"}, ("shared words",)),  # only candidate: twice
         Item({"text": "beta shared words there"}, ("shared words", "beta")),  # falls back
@@ -184,11 +180,11 @@ def test_ambiguous_keywords_are_never_asked(encoder: PromptEncoder) -> None:
 
 
 def test_too_small_budget_is_a_clear_error(sources: ProbeSources, encoder: PromptEncoder) -> None:
-    items = TASKS["document"].loaders["offline"](sources, np.random.default_rng(0))
+    items = PROBE_TASKS["document"].loaders["offline"](sources, np.random.default_rng(0))
     with pytest.raises(
         ValueError, match=r"a context of 3 tokens \(probe\.context_tokens\) is too small"
     ):
-        build_task(TASKS["document"], items, encoder, 3, 1, np.random.default_rng(0))
+        build_task(PROBE_TASKS["document"], items, encoder, 3, 1, np.random.default_rng(0))
 
 
 def test_code_loader_skips_tests_nested_defs_and_short_names(sources: ProbeSources) -> None:

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from in2.params import QAParams
-from in2.qa.pairs import COLUMNS, GENERATORS, QAStats, get_generator, select_candidates
+from in2.qa.pairs import COLUMNS, QAStats, select_candidates
 from in2.qa.template import find_cue, generate_template_qa
+from in2.registry import QA_GENERATORS
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the old river bank today."
 
@@ -103,8 +104,8 @@ def test_candidates_are_seeded_capped_and_from_one_document():
 
 
 def test_registry_resolves_every_generator():
-    assert set(GENERATORS) == {"template", "openai"}
-    assert get_generator("template") is generate_template_qa
-    assert callable(get_generator("openai"))
+    assert set(QA_GENERATORS) == {"template", "openai"}
+    assert QA_GENERATORS["template"] is generate_template_qa
+    assert callable(QA_GENERATORS["openai"])
     with pytest.raises(KeyError, match="unknown QA generator 'nope'"):
-        get_generator("nope")
+        QA_GENERATORS["nope"]

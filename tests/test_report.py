@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from in2.report.tables import depth_grid, position_rows, write_report
+from in2.report.plots import depth_grid
+from in2.report.tables import position_rows, write_report
 
 
 def curve(bins: list[float | None], std: list[float | None] | None = None, **extra) -> dict:

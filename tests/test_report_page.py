@@ -17,7 +17,8 @@ from PIL import Image
 
 from in2.lineage.fingerprint import path_md5
 from in2.outputs import write_json
-from in2.report.page import PAPER_LABEL, find_run_ids, render_page, write_page
+from in2.report.page import PAPER_LABEL, PageContent, render_page, write_page
+from in2.report.runs import find_run_ids
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["document", "code"]
@@ -110,7 +111,9 @@ def body(tables: Tables, table_id: str) -> dict[str, list[str]]:
 def render(scores: dict, tmp_path: Path) -> Path:
     figures = [png(tmp_path, "probe_curves.png"), png(tmp_path, "heatmap_base.png")]
     out = tmp_path / "reports" / "index.html"
-    write_page(scores, TASKS, figures, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db", out)
+    write_page(
+        PageContent(scores, TASKS, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db"), figures, out
+    )
     return out
 
 
@@ -161,18 +164,20 @@ def test_page_shows_the_paired_comparison(scores: dict) -> None:
         "n_resamples": 10,
     }
     comparison = {"strict": {"document": row}}
-    page = render_page(scores, TASKS, {}, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db", comparison)
+    page = render_page(
+        PageContent(scores, TASKS, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db", comparison), {}
+    )
     assert 'id="comparison-strict"' in page
     assert (
         "<td>document</td><td>10.0</td><td>40.0</td><td>+30.0</td><td>[+20.0, +45.0]</td>" in page
     )
-    plain = render_page(scores, TASKS, {}, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db")
+    plain = render_page(PageContent(scores, TASKS, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db"), {})
     assert "No paired comparison" in plain
 
 
 def test_page_marks_a_column_the_run_did_not_probe(scores: dict) -> None:
     del scores["in2"]["code"]
-    page = render_page(scores, TASKS, {}, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db")
+    page = render_page(PageContent(scores, TASKS, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db"), {})
     assert body(parse(page), "run-scores")["in2"][2:4] == ["–", "–"]
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,10 +25,15 @@ from pydantic import (
     model_validator,
 )
 
-KINDS = ("fine_grained", "integration", "short", "general")
+from in2.registry import CORPUS_SOURCES, EXAMPLE_KINDS, PROBE_TASKS, QA_GENERATORS
+
+ProbeTask = Annotated[str, AfterValidator(PROBE_TASKS.validate)]
+"""A name of in2.registry.PROBE_TASKS (checked when params are loaded, so a plug-in registered
+before then is accepted)."""
+
+KINDS = EXAMPLE_KINDS.names()  # TEMPORARY
 QA_TASKS = ("continuation", "quote", "record", "entry")
 """Fine-grained tasks of the `template` generator (in2.qa.template, in2.qa.lookup)."""
-PROBE_TASKS = ("document", "code", "database")
 
 
 class InputError(ValueError):
@@ -90,11 +96,11 @@ class ModelParams(_Section):
 
 
 class CorpusParams(_Section):
-    source: Literal["wiki_offline", "local", "hf"] = "wiki_offline"
-    """Corpus adapter. `wiki_offline`: 10,033 English Wikipedia summaries from a package;
-    `local`: `path`, a file or folder of .jsonl / .json / .parquet / .txt; `hf`: a Hugging Face
-    `datasets` name (`dataset`, `dataset_config`, `split`), read by streaming (paper: C4
-    realnewslike)."""
+    source: Annotated[str, AfterValidator(CORPUS_SOURCES.validate)] = "wiki_offline"
+    """Corpus adapter (in2.registry.CORPUS_SOURCES). `wiki_offline`: 10,033 English Wikipedia
+    summaries from a package; `local`: `path`, a file or folder of .jsonl / .json / .parquet /
+    .txt; `hf`: a Hugging Face `datasets` name (`dataset`, `dataset_config`, `split`), read by
+    streaming (paper: C4 realnewslike)."""
     path: str | None = None
     """File or folder of the `local` source (relative to the repository root)."""
     text_field: str = "text"
@@ -244,9 +250,9 @@ def check_shares(
 
 
 class QAParams(_Section):
-    generator: Literal["template", "openai"] = "template"
-    """QA generator: `template` (offline, deterministic; see in2.qa.template) or `openai`
-    (an LLM behind any OpenAI-compatible endpoint; see in2.qa.llm)."""
+    generator: Annotated[str, AfterValidator(QA_GENERATORS.validate)] = "template"
+    """QA generator (in2.registry.QA_GENERATORS): `template` (offline, deterministic; see
+    in2.qa.template) or `openai` (an LLM behind any OpenAI-compatible endpoint; see in2.qa.llm)."""
     cue_words: int = Field(6, ge=3)
     """`template`: words quoted from the gold text as the cue of a question."""
     answer_words: int = Field(8, ge=1)
@@ -349,7 +355,7 @@ class SynthesizeParams(_Section):
     @field_validator("mix")
     @classmethod
     def _mix_ok(cls, mix: dict[str, float]) -> dict[str, float]:
-        return check_shares(mix, KINDS, "kind", "fractions")
+        return check_shares(mix, EXAMPLE_KINDS.names(), "kind", "fractions")
 
 
 class ValidateParams(_Section):
@@ -415,10 +421,8 @@ class TrainParams(_Section):
 
 
 class ProbeParams(_Section):
-    tasks: list[Literal["document", "code", "database"]] = Field(
-        default_factory=lambda: list(PROBE_TASKS)
-    )
-    """VaL probing tasks to build and run."""
+    tasks: list[ProbeTask] = Field(default_factory=lambda: list(PROBE_TASKS.names()))
+    """VaL probing tasks to build and run (in2.registry.PROBE_TASKS)."""
     context_tokens: list[PositiveInt] = Field(default_factory=lambda: [1024], min_length=1)
     """Target context lengths: `sets_per_task` probe sets per task at each (paper: [32768]).
     A single number is read as a list of one."""
@@ -430,10 +434,9 @@ class ProbeParams(_Section):
     database_entities.jsonl) from the public microsoft/FILM repository, VaLProbing/pieces/."""
     bin_size: int = Field(5, gt=0)
     """Positions averaged into one bin of the curve (paper: 50)."""
-    max_new_tokens: dict[str, int] = Field(
-        default_factory=lambda: {"document": 48, "code": 16, "database": 32}
-    )
-    """Greedy decoding budget per task."""
+    max_new_tokens: dict[ProbeTask, PositiveInt] = Field(default_factory=dict)
+    """Greedy decoding budget per task; a task not named here gets its spec's
+    (in2.probing.tasks: document 48, code 16, database 32)."""
     batch_size: int = Field(16, gt=0)
     """Queries decoded together on one shared, prefilled context."""
     prompt_format: Literal["chat", "film"] = "chat"
@@ -453,13 +456,6 @@ class ProbeParams(_Section):
         if len(set(lengths)) < len(lengths):
             raise ValueError("lengths must be distinct")
         return lengths
-
-    @model_validator(mode="after")
-    def _tokens_for_tasks(self) -> ProbeParams:
-        missing = [t for t in self.tasks if t not in self.max_new_tokens]
-        if missing:
-            raise ValueError(f"max_new_tokens has no entry for task(s) {missing}")
-        return self
 
 
 class Params(_Section):

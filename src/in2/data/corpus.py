@@ -24,7 +24,7 @@ import hashlib
 import heapq
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from itertools import islice
@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from in2.params import CorpusParams, InputError
+from in2.registry import CORPUS_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -352,13 +353,6 @@ def read_hf(params: CorpusParams, stats: CorpusStats) -> Iterator[Raw]:
     return (_record(row, params, f"hf:{dataset}") for row in guard_fields(ds, where, required))
 
 
-ADAPTERS: dict[str, Callable[[CorpusParams, CorpusStats], Iterator[Raw]]] = {
-    "wiki_offline": read_wiki_offline,
-    "local": read_local,
-    "hf": read_hf,
-}
-
-
 # --- cleaning, capping, splitting ------------------------------------------------------------
 
 
@@ -439,7 +433,7 @@ def _select(
 def build_corpus(params: CorpusParams, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, CorpusStats]:
     """Read the configured source, clean, cap and split it; returns (train, heldout, stats)."""
     stats = CorpusStats()
-    raws = ADAPTERS[params.source](params, stats)
+    raws = CORPUS_SOURCES[params.source](params, stats)
     docs = _select(
         clean_documents(tqdm(raws, desc="corpus", unit="record"), params, stats),
         params,

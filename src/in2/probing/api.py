@@ -3,7 +3,8 @@
 Each query is one chat completion: a single user message holding the same instruction the local
 runner's `chat` format wraps in the model's template (in2.prompting.user_message: the set's
 context, then the question); the server applies its model's own chat template. Decoding is
-greedy (temperature 0) with `max_tokens` = `probe.max_new_tokens[task]`. The queries of a set are
+greedy (temperature 0) with `max_tokens` = the task's answer budget
+(`probe.max_new_tokens[task]`, else the spec's). The queries of a set are
 sent one after another in context order, so a server with prefix caching (vLLM) computes each
 context about once.
 
@@ -36,8 +37,9 @@ from in2.endpoint.client import (
     token_counter,
 )
 from in2.params import OpenAIProbeParams, ProbeParams
+from in2.probing.build import read_probes
 from in2.probing.results import TaskRun, by_context, task_run
-from in2.probing.tasks import read_probes
+from in2.probing.tasks import answer_budget
 from in2.prompting import user_message
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def _task(name: str, probes_dir: str | Path, params: ProbeParams) -> _Task:
     contexts, queries = read_probes(probes_dir, name)
     asked: list[dict] = []
     requests: list[ChatRequest] = []
-    max_new_tokens = params.max_new_tokens[name]
+    max_new_tokens = answer_budget(params, name)
     for context, mine in by_context(contexts, queries):
         asked += mine
         requests += [

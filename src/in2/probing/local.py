@@ -34,8 +34,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from in2.params import ProbeParams
+from in2.probing.build import read_probes
 from in2.probing.results import TaskRun, by_context, task_run
-from in2.probing.tasks import read_probes
+from in2.probing.tasks import answer_budget
 from in2.prompting import PromptEncoder
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ def probe_model(
             task,
             contexts,
             queries,
-            params.max_new_tokens[task],
+            answer_budget(params, task),
             params.batch_size,
             params.bin_size,
         )

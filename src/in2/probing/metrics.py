@@ -84,13 +84,6 @@ SCORERS: dict[str, Scorer] = {
 }
 """Metric name -> scorer of one prediction against a query's answer fields (and keyword)."""
 
-STRICT: dict[str, str] = {
-    "word_recall": "word_recall_beyond_keyword",
-    "name_match": "name_match",  # the question shows a body line, not the name
-    "relaxed_match": "label_match",
-}
-"""The paper's metric -> its strict variant, reported beside it and labelled "strict"."""
-
 
 def score(metric: str, gold: Mapping[str, str], prediction: str) -> float:
     """Score one prediction with the named metric (see SCORERS)."""

@@ -25,8 +25,8 @@ from typing import Any
 
 from in2.params import InputError
 from in2.probing.metrics import PositionCurve, position_curve, score
-from in2.probing.tasks import TASKS
 from in2.prompting import INSTRUCTION_HEAD, INSTRUCTION_MID
+from in2.registry import PROBE_TASKS
 
 OFFICIAL_STEMS = {
     "document": "document_bi_32k",
@@ -79,7 +79,7 @@ def _int(row: dict[str, Any], key: str, where: str) -> int:
 def read_rows(task: str, path: str | Path, keep_prompt: bool = False) -> list[OfficialRow]:
     """Rows of a released task file, checked: set, position and the task's gold fields."""
     path = Path(path)
-    answer_keys = list(TASKS[task].answer)
+    answer_keys = list(PROBE_TASKS[task].answer)
     rows = []
     for n, row in _json_lines(path):
         where = f"{path}:{n}"
@@ -157,16 +157,16 @@ def split_prompt(prompt: str, where: str) -> tuple[str, str]:
 def question_keyword(task: str, question: str, where: str) -> str:
     """The keyword a released question asks about (the strict metrics need it).
 
-    The questions open as ours do (`in2.probing.tasks.TASKS[task].question`, up to `{keyword}`); the
-    keyword runs to the last occurrence of the character that follows it in the template (the
+    The questions open as ours do (`PROBE_TASKS[task].question`, up to `{keyword}`); the keyword
+    runs to the last occurrence of the character that follows it in the template (the
     closing quote, or the id's question mark), whatever wording comes after.
     """
-    head, tail = TASKS[task].question.split("{keyword}")
+    head, tail = PROBE_TASKS[task].question.split("{keyword}")
     end = question.rfind(tail[:1]) if tail else len(question)
     if not question.startswith(head) or end <= len(head):
         raise InputError(
             f"{where}: the question {question[:80]!r} does not open like the {task} template "
-            f"{TASKS[task].question!r}; the file is not a VaLProbing {task} file"
+            f"{PROBE_TASKS[task].question!r}; the file is not a VaLProbing {task} file"
         )
     return question[len(head) : end]
 
@@ -267,7 +267,7 @@ def score_official(
             f"{len(rows)} rows; line i answers row i, so they must match"
         )
     scored = []
-    metric = TASKS[task].metric
+    metric = PROBE_TASKS[task].metric
     for index, (row, prediction) in enumerate(zip(rows, predictions, strict=True)):
         if index in skip:
             continue

@@ -5,7 +5,7 @@ decoding the model, the API runner (in2.probing.api) by asking an endpoint. `tas
 the answers into the rows of `results/probe/<model>/<task>.predictions.jsonl`
 (`context_tokens`, `set_id`, `position_id`, `prediction`, `score`, `strict_score`) and the task's
 position curves (all lengths together, each length, and the strict variant: see
-in2.probing.metrics.STRICT); `scores_summary` is `scores.json`.
+`TaskSpec.strict_metric`); `scores_summary` is `scores.json`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from in2.probing.metrics import STRICT, PositionCurve, position_curve, score, summary
-from in2.probing.tasks import TASKS
+from in2.probing.metrics import PositionCurve, position_curve, score, summary
+from in2.registry import PROBE_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class TaskRun:
     by_length: dict[int, PositionCurve]
     """Target context length -> the curve of that length's sets."""
     strict: PositionCurve
-    """The strict variant of the metric (in2.probing.metrics.STRICT), over every set."""
+    """The strict variant of the metric (`TaskSpec.strict_metric`), over every set."""
     seconds: float
 
 
@@ -44,7 +45,7 @@ def task_run(
     task: str, queries: list[dict], answers: list[str], bin_size: int, seconds: float
 ) -> TaskRun:
     """Score each query's answer (stripped of surrounding whitespace) and bin the scores."""
-    spec = TASKS[task]
+    spec = PROBE_TASKS[task]
     predictions: list[dict[str, object]] = []
     for query, answer in zip(queries, answers, strict=True):
         text = answer.strip()
@@ -56,7 +57,7 @@ def task_run(
                 "position_id": query["position_id"],
                 "prediction": text,
                 "score": score(spec.metric, gold, text),
-                "strict_score": score(STRICT[spec.metric], gold, text),
+                "strict_score": score(spec.strict_metric, gold, text),
             }
         )
 
@@ -94,3 +95,25 @@ def scores_summary(runs: Mapping[str, TaskRun]) -> dict[str, object]:
         by_length={task: run.by_length for task, run in runs.items()},
         strict={task: run.strict for task, run in runs.items()},
     )
+
+
+def log_scores(mlflow: Any, runs: Mapping[str, TaskRun], scores: Mapping[str, Any]) -> None:
+    """Log a probe run's scores to the active MLflow run: `<task>_bin_score` as a series with
+    step = position bin (so the UI overlays the curves of two models), Avg, Gap, their strict
+    variants, the wall time per task, the "All" columns and scores.json itself."""
+    for task, run in runs.items():
+        for step, value in enumerate(run.curve.bins):
+            if value is not None:  # a bin of only ambiguous (skipped) positions
+                mlflow.log_metric(f"{task}_bin_score", value, step=step)
+        for step, value in enumerate(run.strict.bins):
+            if value is not None:
+                mlflow.log_metric(f"{task}_strict_bin_score", value, step=step)
+        mlflow.log_metric(f"{task}_avg", run.curve.avg)
+        mlflow.log_metric(f"{task}_gap", run.curve.gap)
+        mlflow.log_metric(f"{task}_strict_avg", run.strict.avg)
+        mlflow.log_metric(f"{task}_strict_gap", run.strict.gap)
+        mlflow.log_metric(f"{task}_seconds", run.seconds)
+    for column in ("all", "all_strict"):
+        mlflow.log_metric(f"{column}_avg", scores[column]["avg"])
+        mlflow.log_metric(f"{column}_gap", scores[column]["gap"])
+    mlflow.log_dict(dict(scores), "scores.json")

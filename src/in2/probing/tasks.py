@@ -1,13 +1,11 @@
-"""VaL probing data: one long context per set, every item position in it queried once.
+"""The VaL probing tasks: what an item is, how it reads in a context, what is asked and scored.
 
-A task is one registry entry (lm-evaluation-harness style): how an item reads in the context, the
-question, which item fields are the answer, the metric, and one loader of its items per source of
-raw material (`SOURCES`): `offline` (held-out documents and the standard library, the default) or
-`pieces` (the paper's released pieces, a folder given by params `probe.pieces`). The builder is
-task- and source-agnostic: for any tokenizer and each target length it packs as many sampled items
-as fit into a context (counted with the same tokenization the runner uses), then asks about each
-position with the first candidate keyword of its item that occurs exactly once in that context
-(the paper skips ambiguous queries; trying the other candidates first loses fewer positions).
+A task is one `TaskSpec`, named in the registry in2.registry.PROBE_TASKS (lm-evaluation-harness
+style): how an item reads in the context, the question, which item fields are the answer, the
+metric and its strict variant, the answer's decoding budget, and one loader of its items per
+source of raw material (`SOURCES`): `offline` (held-out documents and the standard library, the
+default) or `pieces` (the paper's released pieces, a folder given by params `probe.pieces`). The
+builder (in2.probing.build) and the runners need nothing else.
 
 Tasks (paper, arXiv 2404.16811, section 4): document sentence retrieval (bi-directional), code
 function retrieval (backward), database entity retrieval (forward). Item fields keep the names of
@@ -18,23 +16,18 @@ from __future__ import annotations
 
 import ast
 import json
-import logging
 import re
 import sysconfig
 import warnings
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from in2.outputs import atomic_dir, read_jsonl, write_json, write_jsonl
-from in2.prompting import PromptEncoder
-
-log = logging.getLogger(__name__)
+from in2.params import ProbeParams
+from in2.registry import PROBE_TASKS
 
 PIECE_WORDS = 8
 """Words in a document keyword (the paper's pieces are ~8-word spans)."""
@@ -98,7 +91,11 @@ class TaskSpec:
     answer: Mapping[str, str]
     """Query answer field -> item field; the query rows carry these gold fields."""
     metric: str
-    """Key of in2.probing.metrics.SCORERS."""
+    """The paper's metric: a key of in2.probing.metrics.SCORERS."""
+    strict_metric: str
+    """Its strict variant, reported beside it and labelled "strict" (docs/probing.md)."""
+    max_new_tokens: int
+    """Greedy decoding budget of an answer, unless `probe.max_new_tokens` names the task."""
     loaders: Mapping[str, Loader]
     """Source kind (`SOURCES`) -> loader of the task's items from that material."""
 
@@ -279,256 +276,61 @@ def pieces_loader(file: str, fields: tuple[str, ...], keyword: str) -> Loader:
     return load
 
 
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec(
-            name="document",
-            title="Document sentence retrieval",
-            retrieval="bi-directional",
-            render="{sentence}",
-            separator="\n",
-            question='Which sentence contains the piece "{keyword}"? Return the whole sentence.',
-            answer={"completion": "sentence"},
-            metric="word_recall",
-            loaders={
-                "offline": load_sentences,
-                "pieces": pieces_loader("document_sentences.jsonl", ("sentence",), "piece"),
-            },
+DOCUMENT = TaskSpec(
+    name="document",
+    title="Document sentence retrieval",
+    retrieval="bi-directional",
+    render="{sentence}",
+    separator="\n",
+    question='Which sentence contains the piece "{keyword}"? Return the whole sentence.',
+    answer={"completion": "sentence"},
+    metric="word_recall",
+    strict_metric="word_recall_beyond_keyword",
+    loaders={
+        "offline": load_sentences,
+        "pieces": pieces_loader("document_sentences.jsonl", ("sentence",), "piece"),
+    },
+    max_new_tokens=48,
+)
+
+CODE = TaskSpec(
+    name="code",
+    title="Code function retrieval",
+    retrieval="backward",
+    render="def {function_name}:\n{function_define}",
+    separator="\n\n",
+    question='Which function contains the code snip "{keyword}"? Answer with the function name.',
+    answer={"completion": "function_name"},
+    metric="name_match",
+    strict_metric="name_match",  # the question shows a body line, not the name
+    loaders={
+        "offline": load_functions,
+        "pieces": pieces_loader(
+            "code_functions.jsonl", ("function_name", "function_define"), "piece"
         ),
-        TaskSpec(
-            name="code",
-            title="Code function retrieval",
-            retrieval="backward",
-            render="def {function_name}:\n{function_define}",
-            separator="\n\n",
-            question='Which function contains the code snip "{keyword}"? '
-            "Answer with the function name.",
-            answer={"completion": "function_name"},
-            metric="name_match",
-            loaders={
-                "offline": load_functions,
-                "pieces": pieces_loader(
-                    "code_functions.jsonl", ("function_name", "function_define"), "piece"
-                ),
-            },
-        ),
-        TaskSpec(
-            name="database",
-            title="Database entity retrieval",
-            retrieval="forward",
-            render="<id: {id}, label: {label}, description: {dcpt}>",
-            separator="\n",
-            question="What are the label and description for the id {keyword}?",
-            answer={"label": "label", "description": "dcpt"},
-            metric="relaxed_match",
-            loaders={
-                "offline": load_entities,
-                "pieces": pieces_loader("database_entities.jsonl", ("id", "label", "dcpt"), "id"),
-            },
-        ),
-    )
-}
-"""The probing tasks by name; adding a task is adding one entry."""
+    },
+    max_new_tokens=16,
+)
+
+DATABASE = TaskSpec(
+    name="database",
+    title="Database entity retrieval",
+    retrieval="forward",
+    render="<id: {id}, label: {label}, description: {dcpt}>",
+    separator="\n",
+    question="What are the label and description for the id {keyword}?",
+    answer={"label": "label", "description": "dcpt"},
+    metric="relaxed_match",
+    strict_metric="label_match",
+    loaders={
+        "offline": load_entities,
+        "pieces": pieces_loader("database_entities.jsonl", ("id", "label", "dcpt"), "id"),
+    },
+    max_new_tokens=32,
+)
 
 
-# --- the builder -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProbeSet:
-    """One context (a `contexts.jsonl` row) and its queries (`queries.jsonl` rows)."""
-
-    context: dict[str, Any]
-    queries: list[dict[str, Any]]
-    n_skipped: int
-    """Positions not asked because none of their keywords is unique in the context."""
-
-
-def _stream(n: int, rng: np.random.Generator) -> Iterator[int]:
-    """Item indices, one random permutation after another: sets reuse items only when they must."""
-    while True:
-        yield from (int(i) for i in rng.permutation(n))
-
-
-def _pack(
-    items: list[Item],
-    spec: TaskSpec,
-    encoder: PromptEncoder,
-    target: int,
-    stream: Iterator[int],
-    pending: list[int],
-) -> tuple[list[Item], str, int]:
-    """Fill one context up to `target` tokens; the item that did not fit is left in `pending`."""
-    chosen: list[int] = []
-    total = 0
-    too_big = 0
-    while too_big <= len(items):
-        index = pending.pop() if pending else next(stream)
-        if index in chosen:  # the pool is exhausted for this context
-            pending.append(index)
-            break
-        text = spec.render.format(**items[index].fields)
-        cost = len(encoder.context(spec.separator + text if chosen else text))
-        if total + cost <= target:
-            chosen.append(index)
-            total += cost
-            too_big = 0
-        elif chosen:
-            pending.append(index)
-            break
-        else:
-            too_big += 1  # longer than a whole context on its own: never usable
-    if not chosen:
-        raise ValueError(
-            f"a context of {target} tokens (probe.context_tokens) is too small for any "
-            f"{spec.name} item; raise that length"
-        )
-    # Tokens can merge across item boundaries: trust only the count of the joined text.
-    while True:
-        text = spec.separator.join(spec.render.format(**items[i].fields) for i in chosen)
-        n_tokens = len(encoder.context(text))
-        if n_tokens <= target:  # always true for one item: its cost above is exact
-            return [items[i] for i in chosen], text, n_tokens
-        pending.append(chosen.pop())
-
-
-def build_task(
-    spec: TaskSpec,
-    items: list[Item],
-    encoder: PromptEncoder,
-    context_tokens: int,
-    n_sets: int,
-    rng: np.random.Generator,
-) -> list[ProbeSet]:
-    """`n_sets` contexts of <= `context_tokens` tokens; each position asked once if unambiguous.
-
-    Every set holds the same number of items, the fewest that any set's packing fitted (the
-    longer sets lose their last items), as the paper's sets hold a fixed 800 or 750 positions:
-    then every set has every position, and no position bin is made of one set's stragglers —
-    a bin of the one extra item of one set would weigh as much in Avg as a full bin.
-    A position is asked with the first keyword of its item that occurs in the item and nowhere
-    else in the context, so the question points at exactly one item.
-    """
-    if not items:
-        raise ValueError(f"no items for the {spec.name} probe; check its source material")
-    stream, pending = _stream(len(items), rng), []
-    packed = [_pack(items, spec, encoder, context_tokens, stream, pending) for _ in range(n_sets)]
-    n_items = min(len(chosen) for chosen, _, _ in packed)
-    sets = []
-    for set_id, (chosen, text, n_tokens) in enumerate(packed):
-        if len(chosen) > n_items:  # cut to the common count: re-join and re-count
-            chosen = chosen[:n_items]
-            text = spec.separator.join(spec.render.format(**item.fields) for item in chosen)
-            n_tokens = len(encoder.context(text))
-        context_id = f"{spec.name}-{context_tokens}-{set_id}"
-        queries, skipped = [], 0
-        for position_id, item in enumerate(chosen):
-            rendered = spec.render.format(**item.fields)
-            keyword = next((k for k in item.keywords if k in rendered and text.count(k) == 1), None)
-            if keyword is None:
-                skipped += 1
-                continue
-            queries.append(
-                {
-                    "task": spec.name,
-                    "context_tokens": context_tokens,
-                    "set_id": set_id,
-                    "position_id": position_id,
-                    "context_id": context_id,
-                    "question": spec.question.format(keyword=keyword),
-                    "keyword": keyword,
-                    **{out: item.fields[name] for out, name in spec.answer.items()},
-                }
-            )
-        context = {
-            "context_id": context_id,
-            "context_tokens": context_tokens,
-            "set_id": set_id,
-            "text": text,
-            "n_tokens": n_tokens,
-            "n_items": len(chosen),
-        }
-        sets.append(ProbeSet(context, queries, skipped))
-    return sets
-
-
-def task_rng(seed: int, task: str, *more: int) -> np.random.Generator:
-    """One generator per (seed, task, ...): adding or reordering tasks or lengths never changes
-    another's data."""
-    return np.random.default_rng([seed, zlib.crc32(task.encode()), *more])
-
-
-def build_probes(
-    sources: ProbeSources,
-    encoder: PromptEncoder,
-    tasks: list[str],
-    context_tokens: Sequence[int],
-    n_sets: int,
-    seed: int,
-) -> dict[str, list[ProbeSet]]:
-    """`n_sets` probe sets per task and target length (lengths in the given order), deterministic
-    for a seed, source material and tokenizer."""
-    probes = {}
-    for name in tasks:
-        spec = TASKS[name]
-        items = spec.loaders[sources.kind](sources, task_rng(seed, name))
-        probes[name] = [
-            probe_set
-            for target in context_tokens
-            for probe_set in build_task(
-                spec, items, encoder, target, n_sets, task_rng(seed, name, target)
-            )
-        ]
-        n_queries = sum(len(s.queries) for s in probes[name])
-        n_skipped = sum(s.n_skipped for s in probes[name])
-        log.info(
-            "%s: %d %s items in the pool, %d sets at each of %s tokens, %d queries, "
-            "%d ambiguous positions skipped",
-            name,
-            len(items),
-            sources.kind,
-            n_sets,
-            list(context_tokens),
-            n_queries,
-            n_skipped,
-        )
-    return probes
-
-
-def probe_stats(probes: Mapping[str, list[ProbeSet]]) -> dict[str, Any]:
-    """Item and query counts per task and set (`data/probes/stats.json`)."""
-    return {
-        name: {
-            "n_queries": sum(len(s.queries) for s in sets),
-            "sets": [
-                {
-                    "context_tokens": s.context["context_tokens"],
-                    "set_id": s.context["set_id"],
-                    "n_items": s.context["n_items"],
-                    "n_queries": len(s.queries),
-                    "n_skipped": s.n_skipped,
-                    "n_tokens": s.context["n_tokens"],
-                }
-                for s in sets
-            ],
-        }
-        for name, sets in probes.items()
-    }
-
-
-def write_probes(probes: Mapping[str, list[ProbeSet]], out_dir: str | Path) -> None:
-    """Write `<task>/contexts.jsonl`, `<task>/queries.jsonl` and `stats.json`, as one atomic dir."""
-    with atomic_dir(out_dir) as tmp:
-        for name, sets in probes.items():
-            write_jsonl(tmp / name / "contexts.jsonl", [s.context for s in sets])
-            write_jsonl(tmp / name / "queries.jsonl", [q for s in sets for q in s.queries])
-        write_json(tmp / "stats.json", probe_stats(probes))
-
-
-def read_probes(probes_dir: str | Path, task: str) -> tuple[list[dict], list[dict]]:
-    """Contexts and queries of one task, as written by `write_probes`."""
-    folder = Path(probes_dir) / task
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist; run `dvc repro probe_data`")
-    return read_jsonl(folder / "contexts.jsonl"), read_jsonl(folder / "queries.jsonl")
+def answer_budget(params: ProbeParams, task: str) -> int:
+    """Greedy decoding budget of one answer: `probe.max_new_tokens[task]`, else the spec's."""
+    spec: TaskSpec = PROBE_TASKS[task]
+    return params.max_new_tokens.get(task, spec.max_new_tokens)

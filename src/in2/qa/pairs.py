@@ -1,32 +1,33 @@
 """QA pairs grounded in segments: the interface every QA generator implements.
 
-A generator takes the decoded segments (columns seg_id, doc_id, index_in_doc, text), the `qa`
-params and the seed, and returns a frame with `COLUMNS` plus its `QAStats`. It produces the two
-long-context kinds of the paper:
+A generator takes the decoded segments (`segments_for_qa`: columns seg_id, doc_id,
+index_in_doc, text, and the fields of record units), the `qa` params and the seed, and returns a
+frame with `COLUMNS` plus its `QAStats`. It produces the two long-context kinds of the paper:
 
 - fine_grained: a QA pair that needs the details of ONE segment;
 - integration: a QA pair that needs >= 2 segments of one document.
 
 Candidate selection (which segments and documents are asked about) is shared, so generators are
 compared on the same candidates and a cap bounds the cost of a model-backed one. Adding a
-generator is one entry in `GENERATORS` (and its name in `QAParams.generator`).
+generator is one entry in in2.registry.QA_GENERATORS.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
+from transformers import PreTrainedTokenizerBase
 
+from in2.data.segments import SegmentStore
 from in2.data.units import TEXT_UNIT
 from in2.params import QAParams
 
-KINDS = ("fine_grained", "integration")
 COLUMNS = [
     "qa_id",
     "kind",
@@ -42,20 +43,16 @@ COLUMNS = [
 T = TypeVar("T")
 Generator = Callable[[pd.DataFrame, QAParams, int], tuple[pd.DataFrame, "QAStats"]]
 
-GENERATORS: dict[str, str] = {
-    "template": "in2.qa.template:generate_template_qa",
-    "openai": "in2.qa.llm:generate_openai_qa",
-}
-"""Generator name (params `qa.generator`) -> `module:function`, imported on use so the offline
-path never imports the OpenAI client."""
 
-
-def get_generator(name: str) -> Generator:
-    """The generator registered under `name`."""
-    if name not in GENERATORS:
-        raise KeyError(f"unknown QA generator {name!r}; known: {sorted(GENERATORS)}")
-    module, function = GENERATORS[name].split(":")
-    return getattr(importlib.import_module(module), function)
+def segments_for_qa(segments_dir: Path, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
+    """Every segment decoded to text, with the fields of record units (their lookup questions)."""
+    store = SegmentStore.open(segments_dir)
+    texts = store.texts(tokenizer)
+    segments = store.index.assign(text=store.index["seg_id"].map(texts))
+    units = store.units()
+    if not units.empty:
+        segments = segments.merge(units.drop(columns="unit"), on="seg_id", how="left")
+    return segments
 
 
 @dataclass

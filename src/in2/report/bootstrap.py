@@ -24,10 +24,13 @@ reflects query-level noise on these probe sets: more sets (probe.sets_per_task) 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+
+from in2.outputs import read_jsonl
 
 Key = tuple[Hashable, int]
 """(set key, position_id): one query of a probe."""
@@ -134,3 +137,28 @@ def compare_predictions(
     return paired_bootstrap(
         pair_scores(scored(base_rows), scored(trained_rows)), bin_size, **kwargs
     )
+
+
+VARIANTS = {"strict": "strict_score", "paper": "score"}
+"""Comparison variant -> the prediction rows' score it compares (in2.probing.results)."""
+
+
+def compare_models(
+    results: Path, tasks: Sequence[str], bin_size: int, seed: int
+) -> dict[str, dict[str, dict]]:
+    """Variant -> task -> the paired bootstrap of in2 − base over the predictions in `results`
+    (`results/probe/<model>/<task>.predictions.jsonl`)."""
+    rows = {
+        (model, task): read_jsonl(results / model / f"{task}.predictions.jsonl")
+        for model in ("base", "in2")
+        for task in tasks
+    }
+    return {
+        variant: {
+            task: compare_predictions(
+                rows["base", task], rows["in2", task], bin_size, key, seed=seed
+            ).to_dict()
+            for task in tasks
+        }
+        for variant, key in VARIANTS.items()
+    }

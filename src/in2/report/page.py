@@ -12,16 +12,16 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from in2.lineage.fingerprint import path_md5
 from in2.lineage.tracking import EXPERIMENT
 from in2.outputs import atomic_file
-from in2.report.tables import COLORS, Scores
+from in2.report.plots import COLORS, Scores
 
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
     "Mistral-7B-Instruct-v0.2": {
@@ -42,12 +42,27 @@ one. Transcribed from arXiv 2404.16811 (v2) by the project's design notes and an
 paper summary, which agree; not re-read from the PDF by this code."""
 
 PAPER_LABEL = "paper: 32K tokens, 7B models"
-RUN_NAMES = ("train", "probe-base", "probe-in2")
-"""MLflow run names of the stages whose runs the page links (stages/train.py, stages/probe.py)."""
-RESULTS = Path("results/probe")
-"""The probe stage's outputs, one folder per model (stages/probe.py)."""
 GX_DOCS = "data_quality/docs/index.html"
 """The Great Expectations Data Docs, relative to reports/ (written by stages/validate.py)."""
+
+
+@dataclass(frozen=True)
+class PageContent:
+    """What the page shows, besides the probe figures."""
+
+    scores: Scores
+    """model -> its scores.json."""
+    tasks: Sequence[str]
+    synthesize: Mapping[str, Any]
+    """metrics/synthesize.json: the data card's mix and histograms."""
+    gate: Mapping[str, Any]
+    """reports/data_quality/summary.json: the quality gate's verdict."""
+    run_ids: Mapping[str, str | None]
+    """MLflow run name -> id (in2.report.runs.find_run_ids)."""
+    tracking_uri: str
+    comparison: Mapping[str, Mapping[str, Any]] | None = field(default=None)
+    """reports/comparison.json: the paired bootstrap of in2 − base."""
+
 
 CSS = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -63,40 +78,6 @@ thead { background: #f0f0f0; }
 img { max-width: 100%; }
 .note { color: #555; font-size: 0.9em; }
 """
-
-
-def find_run_ids(tracking_uri: str, results: Path = RESULTS) -> dict[str, str | None]:
-    """The MLflow runs behind the numbers shown: run name -> id (None: no such run).
-
-    A probe run tags the md5 of the scores.json it wrote (`output.<path>`), so the page names the
-    run that wrote the very file it shows, not merely the newest run of that name: with
-    experiments queued in parallel into one store, the newest can be another experiment's. The
-    train run is the one the in2 probe run names (`train_run_id`: the run that made the model).
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    ids: dict[str, str | None] = dict.fromkeys(RUN_NAMES)
-    if experiment is None:
-        return ids
-    for model in ("base", "in2"):
-        scores = results / model / "scores.json"
-        if not scores.is_file():
-            continue
-        tag = f"output.{scores.as_posix()}"
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"attributes.run_name = 'probe-{model}' and attributes.status = "
-            f"'FINISHED' and tags.`{tag}` = '{path_md5(scores)}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if runs:
-            ids[f"probe-{model}"] = runs[0].info.run_id
-            if model == "in2":
-                ids["train"] = runs[0].data.tags.get("train_run_id")
-    return ids
 
 
 def _cell(value: float | None) -> str:
@@ -252,18 +233,9 @@ def _runs(run_ids: Mapping[str, str | None], tracking_uri: str) -> str:
     )
 
 
-def render_page(
-    scores: Scores,
-    tasks: Sequence[str],
-    figures: Mapping[str, bytes],
-    synthesize: Mapping[str, Any],
-    gate: Mapping[str, Any],
-    run_ids: Mapping[str, str | None],
-    tracking_uri: str,
-    comparison: Mapping[str, Mapping[str, Any]] | None = None,
-) -> str:
-    """The page as one HTML string; `figures`: caption -> PNG bytes (the probe figures);
-    `comparison`: reports/comparison.json (the paired bootstrap of in2 − base)."""
+def render_page(content: PageContent, figures: Mapping[str, bytes]) -> str:
+    """The page as one HTML string; `figures`: caption -> PNG bytes (the probe figures)."""
+    scores, tasks, synthesize = content.scores, content.tasks, content.synthesize
     columns = [*tasks, "all"]
     lengths = ", ".join(f"{t:,}" for t in probed_lengths(scores, tasks)) or "unknown"
     tokens = synthesize.get("tokens", {})
@@ -288,35 +260,25 @@ Mistral-7B-Instruct-v0.2; IN2-trained: FILM-7B.</p></div>
 </div>
 <p class="note">Avg: mean score over position bins; Gap: best bin − worst bin (docs/probing.md).</p>
 <h2>IN2-trained minus base: Avg difference (× 100)</h2>
-{_comparison(comparison)}
+{_comparison(content.comparison)}
 <h2>Probe figures</h2>
 {images}
 <h2>Data card (data/in2)</h2>
-{_gate(gate)}
+{_gate(content.gate)}
 <h3>Kind mix</h3>
 {_mix_table(synthesize["counts"])}
 <p class="note">Context tokens: {", ".join(f"{s} {n:,}" for s, n in tokens.items())}.</p>
 <h3>Context lengths and gold positions</h3>
 {_png(_figure_png(plot_data_card(synthesize)), "data card histograms")}
 <h2>MLflow runs</h2>
-{_runs(run_ids, tracking_uri)}
+{_runs(content.run_ids, content.tracking_uri)}
 </body></html>
 """
 
 
-def write_page(
-    scores: Scores,
-    tasks: Sequence[str],
-    figure_paths: Sequence[Path],
-    synthesize: Mapping[str, Any],
-    gate: Mapping[str, Any],
-    run_ids: Mapping[str, str | None],
-    tracking_uri: str,
-    out: str | Path,
-    comparison: Mapping[str, Mapping[str, Any]] | None = None,
-) -> None:
+def write_page(content: PageContent, figure_paths: Sequence[Path], out: str | Path) -> None:
     """Render the page with the PNGs at `figure_paths` embedded and write it atomically to `out`."""
     figures = {path.name: path.read_bytes() for path in figure_paths}
-    page = render_page(scores, tasks, figures, synthesize, gate, run_ids, tracking_uri, comparison)
+    page = render_page(content, figures)
     with atomic_file(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
