@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-BASE_DIR = Path("models/base")
 HELDOUT = Path("data/corpus/heldout.parquet")
 
 
@@ -63,6 +62,7 @@ def main() -> None:
 
     from transformers.utils import logging as hf_logging
 
+    from in2 import layout
     from in2.model import load_model, load_tokenizer
     from in2.params import ProbeParams
     from in2.probing.build import build_probes
@@ -72,8 +72,8 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    model = load_model(BASE_DIR).eval()
-    tokenizer = load_tokenizer(BASE_DIR)
+    model = load_model(layout.BASE_MODEL).eval()
+    tokenizer = load_tokenizer(layout.BASE_MODEL)
     params = ProbeParams()
     encoder = PromptEncoder.create(tokenizer, params.prompt_format)
     max_new = answer_budget(params, args.task)

@@ -6,6 +6,7 @@ read, kept and dropped (by reason) and describes exactly what was read.
 
 from dataclasses import asdict
 
+from in2 import layout
 from in2.data.corpus import build_corpus
 from in2.outputs import atomic_file, write_json
 from in2.stage import run_stage
@@ -13,10 +14,10 @@ from in2.stage import run_stage
 
 def main(params, args) -> None:
     train, heldout, stats = build_corpus(params.corpus, params.seed)
-    for name, frame in (("train", train), ("heldout", heldout)):
-        with atomic_file(f"data/corpus/{name}.parquet") as tmp:
+    for path, frame in ((layout.CORPUS_TRAIN, train), (layout.CORPUS_HELDOUT, heldout)):
+        with atomic_file(path) as tmp:
             frame.to_parquet(tmp, index=False)
-    write_json("metrics/corpus.json", asdict(stats))
+    write_json(layout.CORPUS_METRICS, asdict(stats))
 
 
 if __name__ == "__main__":

@@ -10,20 +10,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from in2.model import BASE_DIR, load_tokenizer
+from in2 import layout
+from in2.model import load_tokenizer
 from in2.probing.build import build_probes, write_probes
 from in2.probing.tasks import ProbeSources
 from in2.prompting import PromptEncoder
 from in2.stage import log, run_stage
 
-HELDOUT = Path("data/corpus/heldout.parquet")
-OUT = Path("data/probes")
+HELDOUT = layout.CORPUS_HELDOUT
+OUT = layout.PROBES
 
 
 def main(params, args) -> None:
     if not HELDOUT.is_file():
         raise FileNotFoundError(f"{HELDOUT} does not exist; run `dvc repro corpus` first")
-    encoder = PromptEncoder.create(load_tokenizer(BASE_DIR), params.probe.prompt_format)
+    encoder = PromptEncoder.create(load_tokenizer(layout.BASE_MODEL), params.probe.prompt_format)
     heldout = pd.read_parquet(HELDOUT, columns=["title", "text", "description"])
     pieces = Path(params.probe.pieces) if params.probe.pieces else None
     probes = build_probes(

@@ -7,6 +7,7 @@ in2 score-official   score a prediction file of the paper's released probes (VaL
 in2 audit run ID     the chain corpus -> ... -> probe scores of an MLflow run, each md5 checked
                      against the workspace and the DVC cache (docs/lineage.md)
 in2 audit data       the versions of data/in2 in git history and DVC experiments, mix and gate
+in2 deps [--write]   check (or rewrite) the code deps of dvc.yaml against the stages' imports
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 
 from in2.outputs import atomic_file, write_json
 from in2.params import InputError, deep_merge, parse_params
+from in2.registry import PROBE_TASKS
 
 PROFILES = Path("configs/profiles")
 
@@ -61,8 +63,9 @@ def show_example(example_id: str, data_dir: Path = Path("data")) -> str:
     """
     import pyarrow.parquet as pq
 
+    from in2 import layout
     from in2.data.segments import SegmentStore
-    from in2.model import BASE_DIR, load_tokenizer
+    from in2.model import load_tokenizer
 
     for split in ("train", "val"):
         path = data_dir / "in2" / f"{split}.parquet"
@@ -74,7 +77,7 @@ def show_example(example_id: str, data_dir: Path = Path("data")) -> str:
             break
     else:
         raise InputError(f"no example '{example_id}' in {data_dir / 'in2'}/{{train,val}}.parquet")
-    tokenizer = load_tokenizer(BASE_DIR)
+    tokenizer = load_tokenizer(layout.BASE_MODEL)
     store = SegmentStore.open(data_dir / "segments")
     context = row["context_segments"]
     lengths = store.lengths[context] if context else []
@@ -131,6 +134,27 @@ def audit_cmd(args: argparse.Namespace) -> str:
     return json.dumps(report, indent=2) if args.json else audit.format_data(report)
 
 
+def deps_cmd(args: argparse.Namespace) -> int:
+    """`in2 deps [--write]`: report (or rewrite) the stages whose code deps in dvc.yaml differ
+    from what their scripts import; returns the exit code (1: they differ, not rewritten)."""
+    from in2.lineage import code_deps
+    from in2.lineage.tracking import repo_root
+
+    root = repo_root()
+    if args.write:
+        changed = code_deps.write_code_deps(root)
+        print(f"dvc.yaml: code deps rewritten for {', '.join(changed) or 'no stage'}")
+        return 0
+    differences = code_deps.differences(root)
+    for stage, (missing, extra) in differences.items():
+        print(f"{stage}: missing {missing}, listed but not run {extra}")
+    if differences:
+        print("run `in2 deps --write` to make dvc.yaml follow the code", file=sys.stderr)
+        return 1
+    print("dvc.yaml: every stage's code deps are what its script imports")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="in2", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         "score-official",
         help="score a prediction file of the paper's VaLProbing-32K release with our metrics",
     )
-    o.add_argument("--task", required=True, choices=["document", "code", "database"])
+    o.add_argument("--task", required=True, choices=PROBE_TASKS.names())
     o.add_argument("--probes", type=Path, required=True, help="e.g. document_bi_32k.jsonl")
     o.add_argument("--predictions", type=Path, required=True, help="sample_<task file>.jsonl")
     o.add_argument("--skip", type=Path, help="the task's <stem>_skip_list.json")
@@ -156,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     ar.add_argument("--json", action="store_true", help="print the report as JSON")
     ad = audit_sub.add_parser("data", help="data/in2 versions across git and DVC experiments")
     ad.add_argument("--json", action="store_true", help="print the report as JSON")
+    d = sub.add_parser("deps", help="check the code deps of dvc.yaml against the stages' imports")
+    d.add_argument("--write", action="store_true", help="rewrite them in dvc.yaml")
     args = parser.parse_args(argv)
     try:
         if args.command == "profile":
@@ -165,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
             print(show_example(args.example_id))
         elif args.command == "audit":
             print(audit_cmd(args))
+        elif args.command == "deps":
+            sys.exit(deps_cmd(args))
         else:
             print(score_official_cmd(args))
     except (InputError, FileNotFoundError) as err:

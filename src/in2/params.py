@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from in2 import layout
 from in2.registry import CORPUS_SOURCES, EXAMPLE_KINDS, PROBE_TASKS, QA_GENERATORS
 
 ProbeTask = Annotated[str, AfterValidator(PROBE_TASKS.validate)]
@@ -206,9 +207,9 @@ class OpenAIQAParams(OpenAIEndpointParams):
 
     section: ClassVar[str] = "qa.openai"
     purpose: ClassVar[str] = "QA"
-    output: ClassVar[str] = "data/qa"
+    output: ClassVar[str] = layout.QA.as_posix()
 
-    cache_dir: str = ".cache/qa"
+    cache_dir: str = layout.QA_CACHE.as_posix()
     """On-disk response cache (outside every DVC output), so no call is ever paid for twice."""
     temperature: float = Field(0.0, ge=0, le=2)
     """Sampling temperature (part of the cache key)."""
@@ -228,9 +229,9 @@ class OpenAIProbeParams(OpenAIEndpointParams):
 
     section: ClassVar[str] = "probe.openai"
     purpose: ClassVar[str] = "probe"
-    output: ClassVar[str] = "results/probe/api"
+    output: ClassVar[str] = layout.probe_results("api").as_posix()
 
-    cache_dir: str = ".cache/probe"
+    cache_dir: str = layout.PROBE_CACHE.as_posix()
     """On-disk response cache (outside every DVC output), so no call is ever paid for twice."""
 
 

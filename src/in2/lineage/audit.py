@@ -17,18 +17,19 @@ from typing import Any
 
 import yaml
 
+from in2 import layout
 from in2.lineage.fingerprint import path_md5
 from in2.lineage.tracking import EXPERIMENT, tracking_uri
 from in2.params import InputError
 
-DATASET = "data/in2"
+DATASET = layout.IN2_DATA.as_posix()
 LOCK = "dvc.lock"
-GATE = "reports/data_quality/summary.json"
-MIX = "metrics/synthesize.json"
+GATE = layout.GATE_SUMMARY.as_posix()
+MIX = layout.SYNTHESIZE_METRICS.as_posix()
 UPSTREAM = (
-    ("corpus", "data/corpus/train.parquet"),
-    ("segments", "data/segments"),
-    ("qa", "data/qa"),
+    ("corpus", layout.CORPUS_TRAIN.as_posix()),
+    ("segments", layout.SEGMENTS.as_posix()),
+    ("qa", layout.QA.as_posix()),
 )
 """The synthesize deps the dataset was made from, in pipeline order (dvc.yaml)."""
 
@@ -243,7 +244,7 @@ def audit_run(run_id: str, root: Path) -> dict[str, Any]:
         chain.append(_checkpoint(probe, train))
     if probe is not None:
         model = name.removeprefix("probe-")
-        scores = f"results/probe/{model}/scores.json"
+        scores = (layout.probe_results(model) / "scores.json").as_posix()
         metrics = probe.data.metrics
         chain.append(
             Artefact(
@@ -305,7 +306,7 @@ def _checkpoint(probe: Any, train: Any) -> Artefact:
     """The checkpoint the probe run evaluated (or the train run made), and whether they agree."""
     made = train.data.tags.get("checkpoint_md5") if train else None
     if probe is None:
-        path = train.data.tags.get("checkpoint_path", "models/in2")
+        path = train.data.tags.get("checkpoint_path", layout.TRAINED_MODEL.as_posix())
         return Artefact(
             "checkpoint", path, made, f"tag checkpoint_md5 of train run {train.info.run_id}"
         )
@@ -318,7 +319,7 @@ def _checkpoint(probe: Any, train: Any) -> Artefact:
         note = f"made by train run {train.info.run_id}"
     else:
         note = f"NOT the checkpoint train run {train.info.run_id} made ({made})"
-    return Artefact("checkpoint", f"models/{model}", md5, source, note=note)
+    return Artefact("checkpoint", layout.model_dir(model).as_posix(), md5, source, note=note)
 
 
 def _problem(a: Artefact) -> str | None:

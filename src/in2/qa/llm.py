@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from in2 import layout
 from in2.endpoint.batch import run_batch
 from in2.endpoint.client import (
     ApiStats,
@@ -36,7 +37,6 @@ from in2.endpoint.client import (
     token_counter,
 )
 from in2.lineage.tracking import repo_root
-from in2.model import BASE_DIR
 from in2.params import OpenAIQAParams, QAParams
 from in2.qa.pairs import QAStats, qa_frame, qa_row, select_candidates
 
@@ -216,7 +216,7 @@ def generate_openai_qa(
     ]
     cache = ResponseCache(cache_root(p))
     api = ApiStats(mode=p.mode)
-    count = token_counter(repo_root() / BASE_DIR / "tokenizer.json")
+    count = token_counter(repo_root() / layout.BASE_MODEL / "tokenizer.json")
     work = plan([j.request for j in jobs], cache, Pricing.of(p, batch=p.mode == "batch"), count)
     api.cached = work.cached
     api.estimated_cost_usd = round(work.typical_cost, 6)
