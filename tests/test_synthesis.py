@@ -10,14 +10,9 @@ from scipy import stats
 
 from in2.data.leakage import contaminated
 from in2.params import ContextLength, SynthesizeParams
-from in2.synth.build import (
-    FillerPool,
-    SynthesisError,
-    filler_counts,
-    mix_counts,
-    place_gold,
-    synthesize,
-)
+from in2.synth.build import synthesize
+from in2.synth.fillers import FillerPool, place_gold
+from in2.synth.mix import SynthesisError, filler_counts, mix_counts
 
 SEG = 128
 
