@@ -7,9 +7,9 @@ For each training-set size (validation = size / 6, the default mix, 256-1024-tok
 a synthetic corpus; a biased copy then moves every gold segment so that 60% of them sit in the
 first half of their context (a relative position from the first half with probability 0.6,
 uniform within each half, then the slot holding it). The verdict is the gate's own
-`gold_positions_uniform.all` rule (`in2.gate.quality.uniformity_tests` on the randomized PIT of each
-gold slot, KS and chi-square p >= validate.alpha), and for the first seeds the full GX gate is run
-too, to check that it gives the same verdict.
+`gold_positions_uniform.all` rule (`in2.gate.expectations.uniformity_tests` on the randomized
+PIT of each gold slot, KS and chi-square p >= validate.alpha), and for the first seeds the full
+GX gate is run too, to check that it gives the same verdict.
 
 Printed per size: gold positions tested, false-alarm rate on clean data, detection rate of the
 60/40 bias, and the ceiling for that bias: the power of the most powerful level-alpha test of
@@ -25,7 +25,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from in2.gate.quality import gold_slot_table, uniformity_tests, validate_dataset
+from in2.gate.expectations import uniformity_tests
+from in2.gate.inputs import GateInputs
+from in2.gate.runner import validate_dataset
+from in2.gate.tables import gold_slot_table
 from in2.params import Params, parse_params
 from in2.synth.build import LONG_KINDS, synthesize
 
@@ -106,7 +109,7 @@ def flags(train: pd.DataFrame, val: pd.DataFrame, params: Params) -> bool:
 
 
 def gx_flags(train: pd.DataFrame, val: pd.DataFrame, params: Params) -> bool:
-    report = validate_dataset(train, val, params, docs_dir=None)
+    report = validate_dataset(GateInputs(train, val), params, docs_dir=None)
     (check,) = [r for r in report.results if r.check == "gold_positions_uniform.all"]
     return not check.success
 

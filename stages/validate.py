@@ -1,6 +1,6 @@
 """Stage validate: the data quality gate between synthesize and train (data/in2 -> reports/).
 
-Runs the Great Expectations suites of in2.gate.quality over train + val and the QA pairs (with the
+Runs the Great Expectations suites of in2.gate.suites over train + val and the QA pairs (with the
 segment text for grounding and the probe contexts for leakage), writes the Data Docs site and
 summary.json (both atomically, also when the gate fails, so the failure can be read), logs the
 summary to MLflow, and exits 1 when any expectation fails, so `dvc repro` stops before train.
@@ -9,55 +9,37 @@ summary to MLflow, and exits 1 when any expectation fails, so `dvc repro` stops 
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-import pandas as pd
-
-from in2.data.segments import SegmentStore
-from in2.gate.quality import validate_dataset
+from in2.gate.inputs import load_inputs
+from in2.gate.runner import validate_dataset
+from in2.layout import GATE_DOCS, GATE_SUMMARY, IN2_TRAIN, IN2_VAL
 from in2.lineage.fingerprint import dataset_fingerprint
 from in2.lineage.tracking import mlflow_run, stage_inputs
-from in2.model import BASE_DIR, load_tokenizer
-from in2.outputs import atomic_dir, read_jsonl, write_json
+from in2.outputs import atomic_dir, write_json
 from in2.params import Params
 from in2.stage import run_stage
 
 log = logging.getLogger("in2.validate")
-DATA = [Path("data/in2/train.parquet"), Path("data/in2/val.parquet")]
-SEGMENTS = Path("data/segments")
-QA = Path("data/qa/qa.parquet")
-PROBES = Path("data/probes")
-OUT = Path("reports/data_quality")
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    train, val = (pd.read_parquet(p) for p in DATA)
-    fingerprint = dataset_fingerprint(DATA)
+    inputs = load_inputs()
+    fingerprint = dataset_fingerprint([IN2_TRAIN, IN2_VAL])
     log.info(
-        "validating %d train + %d val examples (md5 %s)", len(train), len(val), fingerprint["md5"]
+        "validating %d train + %d val examples (md5 %s)",
+        len(inputs.train),
+        len(inputs.val),
+        fingerprint["md5"],
     )
-    store = SegmentStore.open(SEGMENTS)
-    probe_texts = [
-        r["text"] for f in sorted(PROBES.glob("*/contexts.jsonl")) for r in read_jsonl(f)
-    ]
-    with atomic_dir(OUT / "docs") as docs:
-        report = validate_dataset(
-            train,
-            val,
-            params,
-            docs,
-            segments=store.index,
-            qa=pd.read_parquet(QA),
-            segment_text=store.texts(load_tokenizer(BASE_DIR)),
-            probe_texts=probe_texts,
-        )
+    with atomic_dir(GATE_DOCS) as docs:
+        report = validate_dataset(inputs, params, docs)
     summary = {**report.to_summary(), "dataset": fingerprint}
-    write_json(OUT / "summary.json", summary)
+    write_json(GATE_SUMMARY, summary)
     log.info(
         "%d expectations, %d failed; Data Docs in %s",
         len(report.results),
         len(report.failed),
-        OUT / "docs" / "index.html",
+        GATE_DOCS / "index.html",
     )
 
     logged = {
@@ -79,7 +61,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
     if not report.success:
         print(report.failures_text(), file=sys.stderr)
-        print(f"Details: {OUT / 'docs' / 'index.html'}", file=sys.stderr)
+        print(f"Details: {GATE_DOCS / 'index.html'}", file=sys.stderr)
         sys.exit(1)
 
 

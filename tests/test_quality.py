@@ -21,12 +21,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from in2.gate.quality import (
-    relative_position,
-    template_grounded,
-    uniformity_tests,
-    validate_dataset,
-)
+from in2.gate.expectations import uniformity_tests
+from in2.gate.inputs import GateInputs
+from in2.gate.runner import validate_dataset
+from in2.gate.tables import relative_position, template_grounded
 from in2.model import load_tokenizer
 from in2.params import KINDS, Params
 
@@ -195,16 +193,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
 def run_gate(train: pd.DataFrame, val: pd.DataFrame, data: dict, **changed):
     """The gate with every input; `changed` replaces some (qa, text, probes)."""
     inputs = {"qa": data["qa"], "text": data["text"], "probes": PROBES, **changed}
-    return validate_dataset(
+    gate_inputs = GateInputs(
         train,
         val,
-        PARAMS,
-        docs_dir=None,
         segments=data["segments"],
         qa=inputs["qa"],
         segment_text=inputs["text"],
         probe_texts=inputs["probes"],
     )
+    return validate_dataset(gate_inputs, PARAMS, docs_dir=None)
 
 
 def first_of(frame: pd.DataFrame, kind: str) -> int:

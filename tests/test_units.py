@@ -17,7 +17,7 @@ from in2.data.units import (
     render_units,
     wrap_lines,
 )
-from in2.gate.quality import grounded
+from in2.gate.tables import grounded
 from in2.params import ContextLength, QAParams, SynthesizeParams, parse_params
 from in2.qa.lookup import ENTRY, QUOTE, RECORD, entry_cue, quote_pair, quote_pairs, unit_pairs
 from in2.qa.pairs import QAStats

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from transformers import PreTrainedTokenizerBase
 
 from in2.data.segments import SegmentStore
 from in2.data.units import TEXT_UNIT
+from in2.model import load_tokenizer
 from in2.params import QAParams
 
 COLUMNS = [
@@ -44,10 +44,11 @@ T = TypeVar("T")
 Generator = Callable[[pd.DataFrame, QAParams, int], tuple[pd.DataFrame, "QAStats"]]
 
 
-def segments_for_qa(segments_dir: Path, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
-    """Every segment decoded to text, with the fields of record units (their lookup questions)."""
-    store = SegmentStore.open(segments_dir)
-    texts = store.texts(tokenizer)
+def segments_for_qa(segments_dir: Path, tokenizer_dir: Path) -> pd.DataFrame:
+    """Every segment decoded to text (with the base model's tokenizer), with the fields of record
+    units (their lookup questions)."""
+    store = SegmentStore.open(segments_dir)  # first: a missing input names the stage to run
+    texts = store.texts(load_tokenizer(tokenizer_dir))
     segments = store.index.assign(text=store.index["seg_id"].map(texts))
     units = store.units()
     if not units.empty:
