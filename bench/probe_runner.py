@@ -66,7 +66,7 @@ def main() -> None:
     from in2.model import load_model, load_tokenizer
     from in2.params import ProbeParams
     from in2.probing.build import build_probes
-    from in2.probing.local import generate_shared
+    from in2.probing.local import Decoding, generate_shared
     from in2.probing.tasks import ProbeSources, answer_budget
     from in2.prompting import PromptEncoder
 
@@ -78,6 +78,7 @@ def main() -> None:
     encoder = PromptEncoder.create(tokenizer, params.prompt_format)
     max_new = answer_budget(params, args.task)
     stop_ids, pad_id = encoder.stop_ids(), tokenizer.pad_token_id
+    decoding = Decoding(max_new, frozenset(stop_ids), pad_id, batch_size=16)
     sources = ProbeSources(pd.read_parquet(HELDOUT, columns=["title", "text", "description"]))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -100,7 +101,7 @@ def main() -> None:
             for variant in ("shared", "naive"):
                 start = time.perf_counter()
                 if variant == "shared":
-                    got = generate_shared(model, shared, suffixes, max_new, stop_ids, 16, pad_id)
+                    got = generate_shared(model, shared, suffixes, decoding)
                 else:
                     got = naive(model, [shared + s for s in suffixes], max_new, stop_ids, pad_id)
                 times[variant].append(time.perf_counter() - start)
@@ -123,7 +124,7 @@ def main() -> None:
     for n in args.growth:
         suffixes = [all_suffixes[i % len(all_suffixes)] for i in range(n)]
         start = time.perf_counter()
-        generate_shared(model, shared, suffixes, max_new, stop_ids, 16, pad_id)
+        generate_shared(model, shared, suffixes, decoding)
         seconds = time.perf_counter() - start
         added = "" if previous is None else f"{(seconds - previous[1]) / (n - previous[0]):.2f}"
         print(f"| {n} | {seconds:.1f} | {seconds / n:.2f} | {added} |")

@@ -12,7 +12,7 @@ import torch
 from in2.cli import main
 from in2.model import load_model, load_tokenizer
 from in2.params import InputError
-from in2.probing.local import run_task
+from in2.probing.local import Decoding, run_task
 from in2.probing.official import read_official_probes, read_predictions, score_official
 from in2.prompting import INSTRUCTION_HEAD, INSTRUCTION_MID, PromptEncoder
 
@@ -158,7 +158,10 @@ def test_the_runner_answers_official_probes_with_the_paper_prompt(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model's ops are too small to split over busy cores
     try:
-        run = run_task(load_model(tiny_model_dir), encoder, "document", contexts, queries, 2, 4, 2)
+        decoding = Decoding.of(encoder, max_new_tokens=2, batch_size=4)
+        run = run_task(
+            load_model(tiny_model_dir), encoder, "document", contexts, queries, decoding, 2
+        )
     finally:
         torch.set_num_threads(threads)
     assert [(p["set_id"], p["position_id"]) for p in run.predictions] == [

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from in2.model import load_model, load_tokenizer
 from in2.params import ProbeParams
 from in2.probing.build import read_probes
-from in2.probing.local import generate_shared, probe_model
+from in2.probing.local import Decoding, generate_shared, probe_model
 from in2.probing.results import TaskRun, scores_summary
 from in2.prompting import PromptEncoder
 from in2.report.tables import write_report
@@ -68,14 +68,16 @@ def test_batched_suffixes_of_different_lengths_match_generate(
     expected = [reference(model, shared + s, stop_ids, pad_id) for s in suffixes]
     assert len({tuple(e) for e in expected}) > 1, "degenerate model: the test would prove nothing"
 
-    got = generate_shared(model, shared, suffixes, MAX_NEW, stop_ids, 3, pad_id)
+    decoding = Decoding(MAX_NEW, frozenset(stop_ids), pad_id, batch_size=3)
+    got = generate_shared(model, shared, suffixes, decoding)
     assert got == expected
 
     # Rows stop at different steps: make the 3rd token of one answer a stop token.
     stop_early = stop_ids | {expected[1][2]}
     expected = [reference(model, shared + s, stop_early, pad_id) for s in suffixes]
     assert min(map(len, expected)) < MAX_NEW == max(map(len, expected)), "rows must end apart"
-    assert generate_shared(model, shared, suffixes, MAX_NEW, stop_early, 3, pad_id) == expected
+    early = Decoding(MAX_NEW, frozenset(stop_early), pad_id, batch_size=3)
+    assert generate_shared(model, shared, suffixes, early) == expected
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,6 +46,27 @@ ATTENTION = "in2_shared_prefix"
 SharedKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """Greedy decoding settings of a task: fixed for all its contexts, passed down to each batch."""
+
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    pad_id: int
+    batch_size: int
+
+    @classmethod
+    def of(cls, encoder: PromptEncoder, max_new_tokens: int, batch_size: int) -> Decoding:
+        """The encoder's stop tokens and its tokenizer's pad id (0 when it has none)."""
+        pad_id = encoder.tokenizer.pad_token_id
+        return cls(
+            max_new_tokens=max_new_tokens,
+            stop_ids=frozenset(encoder.stop_ids()),
+            pad_id=pad_id if pad_id is not None else 0,
+            batch_size=batch_size,
+        )
+
+
 def shared_prefix_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -58,6 +80,7 @@ def shared_prefix_attention(
 ) -> tuple[torch.Tensor, None]:
     """Attention over `[shared prefix (batch 1); per-row tail]`; plain SDPA without a prefix.
 
+    The parameters are those transformers' AttentionInterface passes (`shared_kv`: a model kwarg).
     `key`/`value` and `attention_mask` cover the tail only. Shapes: query (rows, heads, q, d),
     tail key/value (rows, kv_heads, t, d), shared key/value (1, kv_heads, p, d).
     """
@@ -98,6 +121,7 @@ def shared_prefix_attention(
     top = torch.maximum(shared_max, tail_scores.amax(-1, keepdim=True))  # finite: shared part
     tail_weights = torch.exp(tail_scores - top)
     rescale = torch.exp(shared_max - top)
+    # Shared sums * rescale are sums of exp(s - top), like the tail's: one softmax over all keys
     out = (shared_out * rescale + torch.matmul(tail_weights, value[:, :, None].float())) / (
         shared_sum * rescale + tail_weights.sum(-1, keepdim=True)
     )
@@ -125,17 +149,14 @@ def _shared_prefix_mode(model: PreTrainedModel) -> Iterator[None]:
         model.set_attn_implementation(previous)
 
 
-def _decode_batch(
-    model: PreTrainedModel,
-    shared_kv: SharedKV,
-    n_shared: int,
-    suffixes: list[list[int]],
-    max_new_tokens: int,
-    stop_ids: set[int],
-    pad_id: int,
-) -> list[list[int]]:
-    """Greedy answers of one batch of suffixes that all continue the shared prefix."""
-    device = model.device
+def _left_padded(
+    suffixes: list[list[int]], n_shared: int, pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input ids, positions and attention mask of suffixes left-padded to one width.
+
+    Each suffix's positions continue right after the shared prefix (n_shared, n_shared + 1, ...),
+    whatever its padding, so a row is computed as the unpadded prompt `shared + suffix`.
+    """
     rows, width = len(suffixes), max(len(s) for s in suffixes)
     input_ids = torch.full((rows, width), pad_id, dtype=torch.long, device=device)
     positions = torch.full((rows, width), n_shared, dtype=torch.long, device=device)
@@ -145,6 +166,35 @@ def _decode_batch(
         input_ids[r, width - n :] = torch.tensor(suffix, device=device)
         positions[r, width - n :] = torch.arange(n_shared, n_shared + n, device=device)
         mask[r, width - n :] = 1
+    return input_ids, positions, mask
+
+
+def _append_tokens(
+    tokens: torch.Tensor, active: list[int], answers: list[list[int]], decoding: Decoding
+) -> list[int]:
+    """Append each active row's greedy token to its answer (a stop token ends it unappended);
+    the batch rows that go on: not stopped and still under the token budget."""
+    keep = []
+    for j, r in enumerate(active):
+        token = int(tokens[j])
+        if token in decoding.stop_ids:
+            continue
+        answers[r].append(token)
+        if len(answers[r]) < decoding.max_new_tokens:
+            keep.append(j)
+    return keep
+
+
+def _decode_batch(
+    model: PreTrainedModel,
+    shared_kv: SharedKV,
+    n_shared: int,
+    suffixes: list[list[int]],
+    decoding: Decoding,
+) -> list[list[int]]:
+    """Greedy answers of one batch of suffixes that all continue the shared prefix."""
+    device = model.device
+    input_ids, positions, mask = _left_padded(suffixes, n_shared, decoding.pad_id, device)
     next_pos = torch.tensor([n_shared + len(s) for s in suffixes], device=device)
     tail = DynamicCache()
     logits = model(
@@ -158,17 +208,10 @@ def _decode_batch(
     ).logits[:, -1]
 
     answers: list[list[int]] = [[] for _ in suffixes]
-    active = list(range(rows))  # batch row -> suffix index
+    active = list(range(len(suffixes)))  # batch row -> suffix index
     while active:
         tokens = logits.argmax(-1)
-        keep = []
-        for j, r in enumerate(active):
-            token = int(tokens[j])
-            if token in stop_ids:
-                continue
-            answers[r].append(token)
-            if len(answers[r]) < max_new_tokens:
-                keep.append(j)
+        keep = _append_tokens(tokens, active, answers, decoding)
         if not keep:
             break
         if len(keep) < len(active):  # finished rows leave the batch and the cache
@@ -201,17 +244,14 @@ def generate_shared(
     model: PreTrainedModel,
     shared: list[int],
     suffixes: list[list[int]],
-    max_new_tokens: int,
-    stop_ids: set[int],
-    batch_size: int,
-    pad_id: int,
+    decoding: Decoding,
     progress: tqdm | None = None,
 ) -> list[list[int]]:
     """Greedy answer ids (stop token excluded) of `shared + suffix` for every suffix.
 
     The shared ids, and the head all suffixes have in common (the question template's start),
-    are prefilled once; the rest of the suffixes are decoded in batches of at most `batch_size`,
-    balanced so that no batch is a lone straggler.
+    are prefilled once; the rest of the suffixes are decoded in batches of at most
+    `decoding.batch_size`, balanced so that no batch is a lone straggler.
     """
     if not suffixes:
         return []
@@ -230,10 +270,8 @@ def generate_shared(
         )
         shared_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
         answers: list[list[int]] = []
-        for start, end in _balanced(len(suffixes), batch_size):
-            answers += _decode_batch(
-                model, shared_kv, len(shared), suffixes[start:end], max_new_tokens, stop_ids, pad_id
-            )
+        for start, end in _balanced(len(suffixes), decoding.batch_size):
+            answers += _decode_batch(model, shared_kv, len(shared), suffixes[start:end], decoding)
             if progress is not None:
                 progress.update(end - start)
     return answers
@@ -245,24 +283,19 @@ def run_task(
     task: str,
     contexts: list[dict],
     queries: list[dict],
-    max_new_tokens: int,
-    batch_size: int,
+    decoding: Decoding,
     bin_size: int,
 ) -> TaskRun:
     """Answer and score every query of a task, one prefill per context."""
     started = time.perf_counter()
-    stop_ids = encoder.stop_ids()
     tokenizer = encoder.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     asked: list[dict] = []
     answers: list[str] = []
     with tqdm(total=len(queries), desc=f"probe {task}", unit="query") as progress:
         for context, mine in by_context(contexts, queries):
             shared = encoder.prefix() + encoder.context(context["text"])
             suffixes = [encoder.suffix(q["question"]) for q in mine]
-            ids = generate_shared(
-                model, shared, suffixes, max_new_tokens, stop_ids, batch_size, pad_id, progress
-            )
+            ids = generate_shared(model, shared, suffixes, decoding, progress)
             asked += mine
             answers += tokenizer.batch_decode(ids, skip_special_tokens=True)
     return task_run(task, asked, answers, bin_size, time.perf_counter() - started)
@@ -285,8 +318,7 @@ def probe_model(
             task,
             contexts,
             queries,
-            answer_budget(params, task),
-            params.batch_size,
+            Decoding.of(encoder, answer_budget(params, task), params.batch_size),
             params.bin_size,
         )
     return runs

@@ -38,7 +38,7 @@ from in2.endpoint.client import (
 )
 from in2.lineage.tracking import repo_root
 from in2.params import OpenAIQAParams, QAParams
-from in2.qa.pairs import QAStats, qa_frame, qa_row, select_candidates
+from in2.qa.pairs import Gold, QAStats, qa_frame, qa_row, select_candidates
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +239,7 @@ def generate_openai_qa(
             continue
         rows.append(
             qa_row(
-                kind=job.kind,
-                gold_segments=[job.segments[i] for i in reply.used],
-                source_doc=job.source_doc,
+                gold=Gold(job.kind, [job.segments[i] for i in reply.used], job.source_doc),
                 question=reply.question,
                 answer=reply.answer,
                 keywords=reply.evidence,

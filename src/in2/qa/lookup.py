@@ -14,7 +14,6 @@ Questions are drawn from several phrasings (`*_QUESTIONS`) so that no single wor
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,7 @@ import pandas as pd
 
 from in2.data.units import sentences
 from in2.params import QAParams
-from in2.qa.pairs import QAStats, qa_row
+from in2.qa.pairs import Gold, QAStats, pair_digest, qa_row
 
 QUOTE = "template-quote-v1"
 RECORD = "lookup-record-v1"
@@ -53,16 +52,15 @@ ENTRY_QUESTIONS = (
 def _row(
     generator: str, seg_id: int, doc: str, question: str, answer: str, cue: str
 ) -> dict[str, Any]:
-    key = f"{generator}|fine_grained|{[seg_id]}|{question}"
+    """A fine-grained pair: no prompt, so its prompt hash is the digest of the pair itself."""
+    gold = Gold("fine_grained", [seg_id], doc)
     return qa_row(
-        kind="fine_grained",
-        gold_segments=[seg_id],
-        source_doc=doc,
+        gold=gold,
         question=question,
         answer=answer,
         keywords=[cue],
         generator=generator,
-        prompt_hash=hashlib.sha1(key.encode()).hexdigest(),
+        prompt_hash=pair_digest(generator, gold, question),
     )
 
 

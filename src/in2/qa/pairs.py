@@ -120,11 +120,24 @@ def select_candidates(
     return Candidates(fine, picked)
 
 
+@dataclass(frozen=True)
+class Gold:
+    """Where a pair's answer lies: its kind, gold segments (in document order) and document."""
+
+    kind: str
+    segments: list[int]
+    doc: str
+
+
+def pair_digest(generator: str, gold: Gold, question: str) -> str:
+    """SHA-1 of what identifies a pair: its generator, kind, gold segments and question."""
+    key = f"{generator}|{gold.kind}|{gold.segments}|{question}"
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
 def qa_row(
     *,
-    kind: str,
-    gold_segments: list[int],
-    source_doc: str,
+    gold: Gold,
     question: str,
     answer: str,
     keywords: list[str],
@@ -132,12 +145,11 @@ def qa_row(
     prompt_hash: str,
 ) -> dict[str, Any]:
     """One output row; the id is stable for the same generator, kind, gold segments and question."""
-    key = f"{generator}|{kind}|{gold_segments}|{question}"
     return {
-        "qa_id": f"{kind[:2]}-{hashlib.sha1(key.encode()).hexdigest()[:12]}",
-        "kind": kind,
-        "gold_segments": gold_segments,
-        "source_doc": source_doc,
+        "qa_id": f"{gold.kind[:2]}-{pair_digest(generator, gold, question)[:12]}",
+        "kind": gold.kind,
+        "gold_segments": gold.segments,
+        "source_doc": gold.doc,
         "question": question,
         "answer": answer,
         "keywords": keywords,

@@ -18,17 +18,17 @@ units (in2.qa.lookup); `qa.tasks` sets each task's share of the fine-grained pai
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
 from in2.params import QAParams
 from in2.qa.lookup import quote_pairs, unit_pairs
-from in2.qa.pairs import QAStats, qa_frame, qa_row, select_candidates
+from in2.qa.pairs import Gold, QAStats, pair_digest, qa_frame, qa_row, select_candidates
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,15 @@ def integration_question(cues: list[Cue]) -> str:
     return f"For each of these phrases from one article, which words directly follow it? {parts}"
 
 
-def _row(kind: str, segs: list[int], doc: str, question: str, answer: str, cues: list[Cue]):
-    key = f"{GENERATOR}|{kind}|{segs}|{question}"
+def _row(gold: Gold, question: str, answer: str, cues: list[Cue]) -> dict[str, Any]:
+    """A template pair: no prompt, so its prompt hash is the digest of the pair itself."""
     return qa_row(
-        kind=kind,
-        gold_segments=segs,
-        source_doc=doc,
+        gold=gold,
         question=question,
         answer=answer,
         keywords=[c.cue for c in cues],
         generator=GENERATOR,
-        prompt_hash=hashlib.sha1(key.encode()).hexdigest(),
+        prompt_hash=pair_digest(GENERATOR, gold, question),
     )
 
 
@@ -145,7 +143,7 @@ def generate_template_qa(
                 continue
             question = fine_grained_question(cue)
             fine["continuation"].append(
-                _row("fine_grained", [seg_id], doc[seg_id], question, cue.answer, [cue])
+                _row(Gold("fine_grained", [seg_id], doc[seg_id]), question, cue.answer, [cue])
             )
     if "quote" in tasks:
         fine["quote"] = quote_pairs(segments, candidates.fine_grained, params, seed, stats)
@@ -166,7 +164,7 @@ def generate_template_qa(
             continue
         answer = " ".join(f"{i}. {c.answer}" for i, c in enumerate(picked, 1))
         question = integration_question(picked)
-        rows.append(_row("integration", segs, doc_id, question, answer, picked))
+        rows.append(_row(Gold("integration", segs, doc_id), question, answer, picked))
         stats.accept("integration")
     log.info("qa (template): accepted %s, rejected %s", stats.accepted, stats.rejected)
     return qa_frame(rows), stats
