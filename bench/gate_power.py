@@ -30,7 +30,8 @@ from in2.gate.inputs import GateInputs
 from in2.gate.runner import validate_dataset
 from in2.gate.tables import gold_slot_table
 from in2.params import Params, parse_params
-from in2.synth.build import LONG_KINDS, synthesize
+from in2.registry import LONG_KINDS
+from in2.synth.build import synthesize
 
 SEG, SEGS_PER_DOC, N_DOCS = 128, 10, 1500
 CHECKED_WITH_GX = 3

@@ -33,7 +33,8 @@ from transformers import AutoTokenizer
 from in2.data.segments import INDEX_FILE, TOKENS_FILE, SegmentStore
 from in2.model import gguf_path
 from in2.params import ContextLength, ModelParams, SynthesizeParams
-from in2.synth.build import LONG_KINDS, synthesize
+from in2.registry import LONG_KINDS
+from in2.synth.build import synthesize
 
 SEG_LEN = 128
 SEGMENTS_PER_DOC = 10

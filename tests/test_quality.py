@@ -26,7 +26,8 @@ from in2.gate.inputs import GateInputs
 from in2.gate.runner import validate_dataset
 from in2.gate.tables import relative_position, template_grounded
 from in2.model import load_tokenizer
-from in2.params import KINDS, Params
+from in2.params import Params
+from in2.registry import EXAMPLE_KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 SEG_TOKENS = 128
@@ -129,10 +130,10 @@ def make_split(
     """n examples in the given mix; long contexts of 2-7 full segments (256-896 tokens)."""
     rng = np.random.default_rng(seed)
     docs = SPLIT_DOCS[split]
-    counts = {k: round(n * mix[k]) for k in KINDS}
+    counts = {k: round(n * mix[k]) for k in EXAMPLE_KINDS}
     counts["fine_grained"] += n - sum(counts.values())
     rows = []
-    for kind in KINDS:
+    for kind in EXAMPLE_KINDS:
         for i in range(counts[kind]):
             doc = int(rng.choice(docs))
             k = 2 if kind == "integration" else 1

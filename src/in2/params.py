@@ -32,7 +32,6 @@ ProbeTask = Annotated[str, AfterValidator(PROBE_TASKS.validate)]
 """A name of in2.registry.PROBE_TASKS (checked when params are loaded, so a plug-in registered
 before then is accepted)."""
 
-KINDS = EXAMPLE_KINDS.names()  # TEMPORARY
 QA_TASKS = ("continuation", "quote", "record", "entry")
 """Fine-grained tasks of the `template` generator (in2.qa.template, in2.qa.lookup)."""
 

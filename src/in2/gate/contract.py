@@ -7,7 +7,8 @@ tables and report all read these names, so the contract is stated once.
 
 from __future__ import annotations
 
-LONG_KINDS = ("fine_grained", "integration")
+from in2.registry import LONG_KINDS
+
 LONG = "+".join(LONG_KINDS)
 """The `kind` of checks over both long-context kinds in summary.json."""
 MIN_PER_BIN = 5

@@ -11,13 +11,14 @@ from __future__ import annotations
 import great_expectations.expectations as gxe
 from great_expectations.expectations.row_conditions import Column
 
-from in2.gate.contract import LONG, LONG_KINDS, MIN_PER_BIN
+from in2.gate.contract import LONG, MIN_PER_BIN
 from in2.gate.expectations import (
     ExpectColumnValueFractionsToMatch,
     ExpectColumnValuesToBeBalancedOverBins,
 )
 from in2.gate.suites import expect, where_kind
-from in2.params import KINDS, Params
+from in2.params import Params
+from in2.registry import EXAMPLE_KINDS, LONG_KINDS
 
 
 def example_expectations(
@@ -50,9 +51,9 @@ def _kind_and_mix_checks(params: Params) -> list[gxe.Expectation]:
         expect(
             gxe.ExpectColumnValuesToBeInSet,
             "kind.in_set",
-            f"kind is one of {', '.join(KINDS)}.",
+            f"kind is one of {', '.join(EXAMPLE_KINDS.names())}.",
             column="kind",
-            value_set=list(KINDS),
+            value_set=list(EXAMPLE_KINDS.names()),
         ),
         expect(
             ExpectColumnValueFractionsToMatch,

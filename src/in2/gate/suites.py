@@ -13,12 +13,13 @@ from typing import Any
 import great_expectations.expectations as gxe
 from great_expectations.expectations.row_conditions import Column
 
-from in2.gate.contract import CONTRACT, LONG_KINDS, MIN_PER_BIN, NULLABLE
+from in2.gate.contract import CONTRACT, MIN_PER_BIN, NULLABLE
 from in2.gate.expectations import (
     ExpectColumnValuesToBeIntegerLists,
     ExpectColumnValuesToBeUniformlyDistributed,
 )
 from in2.params import Params
+from in2.registry import LONG_KINDS
 
 
 def expect(

@@ -39,6 +39,7 @@ import pyarrow as pa
 from in2.data.corpus import unit_hash
 from in2.data.units import TEXT_UNIT
 from in2.params import ContextLength, SynthesizeParams
+from in2.registry import LONG_KINDS
 from in2.synth.fillers import FillerPool, LongExamples, place_gold, unit_fillers
 from in2.synth.index import SegmentIndex, check_gold, list_array, ragged, ragged_sum
 from in2.synth.mix import SynthesisError, filler_counts, mix_counts, target_lengths
@@ -58,7 +59,6 @@ COLUMNS = [
     "n_tokens",
 ]
 """The columns of data/in2/{train,val}.parquet, in order."""
-LONG_KINDS = ("fine_grained", "integration")
 
 
 @dataclass

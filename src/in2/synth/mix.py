@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from in2.params import KINDS, ContextLength, InputError
+from in2.params import ContextLength, InputError
+from in2.registry import EXAMPLE_KINDS
 
 
 class SynthesisError(InputError):
@@ -21,13 +22,14 @@ class SynthesisError(InputError):
 def mix_counts(n_examples: int, mix: dict[str, float]) -> dict[str, int]:
     """Examples per kind: floor of n × fraction, remainders to the largest fractional parts.
 
-    The counts always sum to n exactly, and ties are broken in the fixed order of KINDS.
+    The counts always sum to n exactly, and ties are broken in the fixed order of EXAMPLE_KINDS.
     """
-    exact = {kind: n_examples * mix.get(kind, 0.0) for kind in KINDS}
+    kinds = EXAMPLE_KINDS.names()
+    exact = {kind: n_examples * mix.get(kind, 0.0) for kind in kinds}
     counts = {kind: math.floor(share) for kind, share in exact.items()}
     left = n_examples - sum(counts.values())
     by_remainder = sorted(
-        KINDS, key=lambda kind: (-(exact[kind] - counts[kind]), KINDS.index(kind))
+        kinds, key=lambda kind: (-(exact[kind] - counts[kind]), kinds.index(kind))
     )
     for kind in by_remainder[:left]:
         counts[kind] += 1
