@@ -16,6 +16,7 @@ gathering the full state dict for models/in2, and accelerate's FSDP save/load of
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -94,15 +95,23 @@ def test_fsdp_trains_like_single_gpu(single_gpu_run, fsdp_run, tiny_model_dir: P
 
 
 def test_fsdp_checkpoint_resumes(fsdp_run) -> None:
-    """accelerate's FSDP checkpoint (model, optimizer, scheduler, RNG) restores: a second run in
-    the same folder resumes at the last step and evaluates the restored weights the same."""
+    """accelerate's FSDP checkpoint (model, optimizer, scheduler, RNG) restores: with the
+    newest checkpoint removed (as if the run had been killed before writing it), a second run in
+    the same folder resumes at the one before and ends with the same curve and validation loss.
+    (A finished run's last checkpoint is never resumed: that would publish old weights.)"""
     root, first = fsdp_run
     _ok(first)
     before = _state(root)
+    steps = before["optimizer_steps"]
+    (run,) = (root / "checkpoints").iterdir()
+    shutil.rmtree(run / f"step-{steps:06d}")
+    kept = int(sorted(run.glob("step-*"))[-1].name.removeprefix("step-"))
     again = _run_stage(root, FSDP_ONE_GPU, gpu=True)
     _ok(again)
-    steps = before["optimizer_steps"]
-    assert f"(step {steps} of {steps})" in again.stdout + again.stderr
+    assert f"(step {kept} of {steps})" in again.stdout + again.stderr
     after = _state(root)
-    assert after["log_history"] == before["log_history"]
+    assert [h["step"] for h in after["log_history"]] == [h["step"] for h in before["log_history"]]
+    assert [h["loss"] for h in after["log_history"]] == pytest.approx(
+        [h["loss"] for h in before["log_history"]], rel=1e-3
+    )
     assert after["val_loss"] == pytest.approx(before["val_loss"], rel=1e-3)

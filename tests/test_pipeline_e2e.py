@@ -294,3 +294,51 @@ def test_dvc_repro_killed_mid_training_resumes_from_the_last_checkpoint(smoke_re
     assert [h["step"] for h in state["log_history"]] == list(range(1, 25))
     again = run_ok(["dvc", "repro", "train"], repo, env).stdout
     assert "Data and pipelines are up to date" in again
+
+
+def ran_stages(log: str) -> list[str]:
+    """The stages a `dvc repro` ran, in order, from its log."""
+    return [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")]
+
+
+def test_editing_a_report_module_re_runs_report_alone(smoke_repo):
+    """The deps of dvc.yaml follow the imports: a change to plot code re-runs `report` and no
+    model inference, and a second `dvc repro` has nothing to do."""
+    repo, env, _ = smoke_repo
+    run_ok(["dvc", "repro"], repo, env)  # whatever an earlier test left changed
+    plots = repo / "src/in2/report/plots.py"
+    text = plots.read_text()
+    assert '"in2": "#E97132"' in text
+    plots.write_text(text.replace('"in2": "#E97132"', '"in2": "#D35400"'))
+    out = run_ok(["dvc", "repro"], repo, env)
+    assert ran_stages(out.stdout) == ["report"], out.stdout[-3000:]
+    assert "Data and pipelines are up to date" in run_ok(["dvc", "repro"], repo, env).stdout
+
+
+def test_editing_a_training_module_re_trains_from_scratch(smoke_repo):
+    """A change to the training code re-runs `train` (its deps list the module), and the run key
+    holds the code's md5: the finished run's checkpoints are not resumed, every step is trained
+    again and new weights are published, then probed."""
+    repo, env, _ = smoke_repo
+    run_ok(["dvc", "repro"], repo, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["train"]["checkpoint_every"] > 0  # checkpoints of the finished run exist
+    assert list(repo.glob("checkpoints/*/step-*"))
+    weights = repo / "models/in2/model.safetensors"
+    before = hashlib.md5(weights.read_bytes()).hexdigest()
+    loop = repo / "src/in2/train/loop.py"
+    text = loop.read_text()
+    assert text.count("lr=params.train.learning_rate") == 1
+    loop.write_text(
+        text.replace("lr=params.train.learning_rate", "lr=2 * params.train.learning_rate")
+    )
+
+    out = run_ok(["dvc", "repro"], repo, env)
+    log = out.stdout + out.stderr
+    assert ran_stages(log)[:2] == ["train", "probe@in2"], log[-3000:]
+    assert "resuming from" not in log
+    assert "checkpoint(s) of 1 other run(s)" in log, log[-3000:]
+    state = json.loads((repo / "models/in2/trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"]] == list(range(1, 25))
+    assert hashlib.md5(weights.read_bytes()).hexdigest() != before
+    assert "Data and pipelines are up to date" in run_ok(["dvc", "repro"], repo, env).stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import replace
@@ -27,6 +28,7 @@ from in2.train.batching import (
     process_micro_batches,
     step_schedule,
 )
+from in2.train.inputs import TrainInputs
 from in2.train.loop import AnswerOnlyLoss, TrainOutputs, require_passed_gate, train
 
 SEG_LEN = 16
@@ -237,7 +239,8 @@ def test_tiny_end_to_end_run(
     lm = load_model(tiny_model_dir)
     embeddings = lm.get_input_embeddings().weight.detach().clone()
 
-    result = train(lm, tokenizer, encoder, train_examples, val_examples, params, outputs, "md5x")
+    inputs = TrainInputs(tiny_model_dir, encoder, train_examples, val_examples, "md5x")
+    result = train(lm, tokenizer, inputs, params, outputs)
 
     assert result.plan.optimizer_steps == 6
     losses = [h.loss for h in result.history]
@@ -327,7 +330,9 @@ def test_workers_and_grouping_do_not_change_what_is_learned(
             tmp_path / out, tmp_path / f"{out}.json", tmp_path / f"{out}.csv", tmp_path / "ck"
         )
         lm = load_model(tiny_model_dir)
-        return train(lm, tokenizer, encoder, examples, [], params, outputs)
+        return train(
+            lm, tokenizer, TrainInputs(tiny_model_dir, encoder, examples, []), params, outputs
+        )
 
     main, workers = run(0, True, "a"), run(2, True, "b")
     assert [h.loss for h in main.history] == pytest.approx([h.loss for h in workers.history])
@@ -381,7 +386,8 @@ def test_a_killed_run_resumes_with_the_same_loss_curve(
     def run(out: str):
         o = TrainOutputs(tmp_path / out / "m", tmp_path / out / "t.json", tmp_path / out / "l.csv")
         o = replace(o, checkpoints=tmp_path / out / "checkpoints")
-        return train(load_model(tiny_model_dir), tokenizer, encoder, examples, [], params, o, "d")
+        inputs = TrainInputs(tiny_model_dir, encoder, examples, [], "d")
+        return train(load_model(tiny_model_dir), tokenizer, inputs, params, o)
 
     whole = run("whole")
 
@@ -459,3 +465,130 @@ def test_a_changed_recipe_or_data_version_gets_its_own_checkpoint_folder(tmp_pat
     ]
     roots = {Checkpoints.for_run(tmp_path, o).root for o in others} | {same.root}
     assert len(roots) == 3 and all(r.parent == tmp_path for r in roots)
+
+
+def test_the_run_key_changes_with_code_base_model_world_size_and_precision(
+    tmp_path: Path,
+) -> None:
+    """Each of the train stage's code, the base model, the world size and the resolved
+    precision makes another run: a rerun after any of them changed starts its own folder."""
+    from types import SimpleNamespace
+
+    from in2.lineage.fingerprint import file_md5, path_md5
+    from in2.train.checkpoints import PACKAGE, STAGE_SCRIPT, Checkpoints, code_md5, run_identity
+
+    code = tmp_path / "loop.py"
+    code.write_text("loss = cross_entropy\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights v1")
+    params = parse_params({"model": {"source": "random_init"}, "train": {}})
+    inputs = TrainInputs(base, None, [], [], "data-md5")  # the examples are not in the key
+    deps = [str(code), "data/in2", "models/base"]  # only the .py deps are hashed
+
+    def identity(world_size: int = 1, mixed_precision: str = "no") -> dict:
+        accelerator = SimpleNamespace(num_processes=world_size, mixed_precision=mixed_precision)
+        return run_identity(params, inputs, deps, accelerator)
+
+    def key(**setup) -> Path:
+        return Checkpoints.for_run(tmp_path / "checkpoints", identity(**setup)).root
+
+    first = identity()
+    assert first["code_md5"] == code_md5([str(code)])
+    assert first["base_model_md5"] == path_md5(base)  # as dvc.lock records the folder
+    assert (first["world_size"], first["precision"]) == (1, "fp32")
+    assert identity(mixed_precision="bf16")["precision"] == "bf16"
+    assert key() == key()  # a rerun of the same set-up finds its checkpoints
+    roots = {key(), key(world_size=2), key(mixed_precision="bf16")}
+    code.write_text("loss = cross_entropy / 2\n")  # the training code changed
+    roots.add(key())
+    (base / "model.safetensors").write_bytes(b"weights v2")  # another base model
+    roots.add(key())
+    assert len(roots) == 5
+
+    # Outside a DVC repo (no deps) the train package's own sources stand in for the code deps.
+    sources = [*sorted(PACKAGE.glob("*.py")), STAGE_SCRIPT]
+    assert "loop.py" in {p.name for p in sources} and STAGE_SCRIPT.is_file()
+    listing = "".join(file_md5(p) for p in sorted(sources))
+    assert code_md5([]) == hashlib.md5(listing.encode()).hexdigest()
+
+
+def _resumable_run(tiny_model_dir: Path, tokenizer, encoder: ExampleEncoder, root: Path):
+    """`run(learning_rate)`: 6 steps with a checkpoint every 2, outputs under `root`."""
+    contexts = [[2], [2, 6, 0], [6, 1], [1, 3, 5], [0], [4, 2]]
+    frame = pd.DataFrame(
+        {
+            "example_id": [f"ex{i}" for i in range(6)],
+            "context_segments": contexts,
+            "question": ["Which words?"] * 6,
+            "answer": ["these words here"] * 6,
+            "n_tokens": [len(c) * SEG_LEN for c in contexts],
+        }
+    )
+    inputs = TrainInputs(tiny_model_dir, encoder, encoder.encode_frame(frame), [], "d")
+
+    def run(learning_rate: float = 3e-3):
+        train_params = {"micro_batch_size": 1, "global_batch_size": 2, "epochs": 2}
+        train_params |= {"checkpoint_every": 2, "learning_rate": learning_rate}
+        params = parse_params({"model": {"source": "random_init"}, "train": train_params})
+        outputs = TrainOutputs(root / "m", root / "t.json", root / "l.csv", root / "checkpoints")
+        return train(load_model(tiny_model_dir), tokenizer, inputs, params, outputs)
+
+    return run
+
+
+def test_a_finished_run_is_trained_again_not_resumed(
+    tiny_model_dir: Path, tokenizer, encoder: ExampleEncoder, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """A rerun of a finished run (`dvc repro -f train`: same run key, its last checkpoint is the
+    last step) does not resume it, which would train no step and publish the old weights: it
+    trains from step 0 and says why; its checkpoints replace the finished run's, so a rerun
+    killed mid-way resumes from its own checkpoint."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = _resumable_run(tiny_model_dir, tokenizer, encoder, tmp_path)
+    whole = run()
+    (folder,) = (tmp_path / "checkpoints").iterdir()
+    assert sorted(p.name for p in folder.glob("step-*")) == ["step-000004", "step-000006"]
+
+    step_log = training.StepLog
+
+    def killed_after_step_3(step: int, *args: float) -> training.StepLog:
+        if step == 4:
+            raise Killed
+        return step_log(step, *args)
+
+    with monkeypatch.context() as m, caplog.at_level(logging.INFO, logger="in2.train.loop"):
+        m.setattr(training, "StepLog", killed_after_step_3)
+        with pytest.raises(Killed):
+            run()
+    finished = folder / "step-000006"
+    message = f"checkpoint {finished} is of a finished run (step 6 of 6): training from scratch"
+    assert message in caplog.text
+    assert "resuming from" not in caplog.text
+    # The new run's step-2 checkpoint replaced the finished run's (steps 4 and 6).
+    assert sorted(p.name for p in folder.glob("step-*")) == ["step-000002"]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="in2.train.loop"):
+        resumed = run()
+    assert f"resuming from {folder / 'step-000002'} (step 2 of 6)" in caplog.text
+    assert [h.step for h in resumed.history] == list(range(1, 7))
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-5) and a.lr == pytest.approx(b.lr)
+
+
+def test_checkpoints_of_other_runs_are_not_used_and_the_log_says_why(
+    tiny_model_dir: Path, tokenizer, encoder: ExampleEncoder, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = _resumable_run(tiny_model_dir, tokenizer, encoder, tmp_path)
+    run()
+    with caplog.at_level(logging.INFO, logger="in2.train.loop"):
+        changed = run(learning_rate=1e-3)  # another recipe: another run key
+    assert [h.step for h in changed.history] == list(range(1, 7))
+    assert "resuming from" not in caplog.text
+    assert (
+        "2 checkpoint(s) of 1 other run(s) (different code, data, params, base model, world "
+        "size or precision) were not used"
+    ) in caplog.text
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 2

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,13 +34,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
+from in2.layout import CHECKPOINTS, IN2_DATA, IN2_TRAIN, TRAIN_LOSS, TRAIN_METRICS, TRAINED_MODEL
 from in2.lineage.fingerprint import file_md5, path_md5
 from in2.lineage.tracking import mlflow_run
 from in2.model import save_model, scale_rope_base
 from in2.outputs import atomic_dir, atomic_file, write_json
-from in2.params import InputError, Params, TrainParams
+from in2.params import InputError, Params
 from in2.train.batching import (
     IGNORE_INDEX,
+    Batch,
     BatchPlan,
     EncodedExample,
     ExampleEncoder,
@@ -50,7 +52,8 @@ from in2.train.batching import (
     process_micro_batches,
     step_schedule,
 )
-from in2.train.checkpoints import Checkpoints
+from in2.train.checkpoints import Checkpoints, run_identity
+from in2.train.inputs import TrainInputs
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +129,10 @@ class StepLog:
 class TrainOutputs:
     """Where the stage writes (DVC outs and metrics)."""
 
-    model_dir: Path = Path("models/in2")
-    metrics: Path = Path("metrics/train.json")
-    loss_csv: Path = Path("metrics/train_loss.csv")
-    checkpoints: Path = Path("checkpoints")
+    model_dir: Path = TRAINED_MODEL
+    metrics: Path = TRAIN_METRICS
+    loss_csv: Path = TRAIN_LOSS
+    checkpoints: Path = CHECKPOINTS
     """Resumable checkpoints (a DVC output with `persist: true`; see in2.train.checkpoints)."""
 
 
@@ -253,115 +256,63 @@ def evaluate(
     return loss_sum / n
 
 
-def _run_steps(
-    accelerator: Accelerator,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    encoder: ExampleEncoder,
-    examples: list[EncodedExample],
-    plan: BatchPlan,
-    schedule: np.ndarray,
-    pad_id: int,
-    tp: TrainParams,
-    mlflow: Any,
-    history: list[StepLog],
-    checkpoint: Callable[[int, list[StepLog]], None],
-) -> tuple[list[StepLog], int]:
-    """The optimizer steps after those in `history` (a resumed run has some); returns the full
-    step log and the real tokens processed by this call (all processes). With
-    `train.checkpoint_every` > 0, `checkpoint(step, history)` runs every that many steps and after
-    the last one."""
-    answer_len = np.array([len(e.answer) for e in examples])
-    lengths = np.array([e.n_tokens for e in examples]) if tp.group_by_length else None
-    rank = accelerator.process_index
-    first = len(history)  # the schedule is a function of the seed: step k is the same step
-    per_step = [process_micro_batches(s, plan, rank, lengths) for s in schedule[first:]]
-    batches = iter(
-        DataLoader(
-            MicroBatches(encoder, examples, [m for step in per_step for m in step], pad_id),
-            batch_size=None,
-            num_workers=tp.num_workers,
-        )
-    )
-    history = list(history)
-    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    bar = tqdm(schedule[first:], desc="train", unit="step", disable=not accelerator.is_main_process)
-    for step, indices in enumerate(bar, start=first + 1):
-        started = time.perf_counter()
-        # Normalise by the answer tokens of the whole global batch (every rank knows them), so the
-        # gradient is the per-token mean however the answers fall into micro-batches and ranks;
-        # × world size because DDP averages gradients over processes.
-        n_answer = float(answer_len[indices].sum())
-        scale = plan.world_size / n_answer
-        loss_sum = torch.zeros((), device=accelerator.device)
-        # real and padded tokens of this step on this process, summed over processes below
-        counts = torch.zeros(2, dtype=torch.long, device=accelerator.device)
-        micro = per_step[step - 1 - first]
-        for i in range(len(micro)):
-            batch = next(batches)
-            # Gradients are all-reduced on the last micro-batch of a step only.
-            with nullcontext() if i == len(micro) - 1 else accelerator.no_sync(loss_fn):
-                loss = loss_fn(
-                    batch.input_ids.to(accelerator.device),
-                    batch.attention_mask.to(accelerator.device),
-                    batch.labels.to(accelerator.device),
-                )
-                accelerator.backward(loss * scale)
-            loss_sum += loss.detach()
-            counts += torch.tensor([batch.n_tokens, batch.n_padded], device=counts.device)
-        grad_norm = accelerator.clip_grad_norm_(loss_fn.parameters(), tp.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_mean = accelerator.reduce(loss_sum, "sum").item() / n_answer
-        real, padded = accelerator.reduce(counts, "sum").tolist()
-        tokens += counts[0]
-        entry = StepLog(
-            step,
-            loss_mean,
-            float(lr),
-            float(grad_norm),
-            real / (time.perf_counter() - started),
-            1 - real / padded,
-        )
-        history.append(entry)
-        bar.set_postfix(loss=f"{entry.loss:.4f}", lr=f"{lr:.2e}")
-        if mlflow:
-            mlflow.log_metrics(
-                {
-                    "loss": entry.loss,
-                    "lr": entry.lr,
-                    "grad_norm": entry.grad_norm,
-                    "tokens_per_s": entry.tokens_per_s,
-                    "padding_fraction": entry.padding_fraction,
-                },
-                step=step,
-            )
-        if tp.checkpoint_every and (step % tp.checkpoint_every == 0 or step == len(schedule)):
-            checkpoint(step, history)
-    return history, int(accelerator.reduce(tokens, "sum").item())
+@dataclass(frozen=True)
+class TrainingRun:
+    """A prepared run: what every named step of `train` works on."""
+
+    accelerator: Accelerator
+    lm: PreTrainedModel
+    """The bare model: its config is saved with the weights and names the RoPE base."""
+    tokenizer: PreTrainedTokenizerBase
+    loss_fn: nn.Module
+    """`AnswerOnlyLoss(lm)` as accelerate prepared it (DDP/FSDP-wrapped)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    plan: BatchPlan
+    params: Params
+    inputs: TrainInputs
+    tied: frozenset[str]
+    """Names of the tensors that repeat another (tied weights), left out of models/in2."""
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
 
 
 def train(
     lm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    encoder: ExampleEncoder,
-    train_examples: list[EncodedExample],
-    val_examples: list[EncodedExample],
+    inputs: TrainInputs,
     params: Params,
     outputs: TrainOutputs = TrainOutputs(),
-    dataset_md5: str | None = None,
-    inputs: Sequence[str] = (),
+    deps: Sequence[str] = (),
 ) -> TrainResult:
     """Train `lm` in place, evaluate, record an MLflow run (tagged with the md5 of each of
-    `inputs`) and write the checkpoint and metrics."""
+    `deps`, the stage's DVC deps, whose code files are also part of the checkpoint run key)
+    and write the checkpoint and metrics."""
+    run = _prepare(lm, tokenizer, inputs, params)
+    store, history = _resume_or_start(run, outputs.checkpoints, deps)
+    main = run.accelerator.is_main_process
+    run_params = {"train": params.train.model_dump(), "model": params.model.model_dump()}
+    tags = {"dataset_md5": inputs.dataset_md5} if inputs.dataset_md5 else {}
+    tracking = mlflow_run("train", params=run_params, tags=tags, inputs=deps)
+    with tracking if main else nullcontext() as mlflow:
+        if mlflow:
+            _log_run_params(mlflow, run)
+        start = time.perf_counter()
+        history, n_tokens = _run_steps(run, history, mlflow, store)
+        result = _validate(run, history, n_tokens, time.perf_counter() - start, mlflow)
+        _publish(run, result, outputs, mlflow)
+    return result
+
+
+def _prepare(
+    lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: TrainInputs, params: Params
+) -> TrainingRun:
+    """Seed, accelerator, batch plan, model settings, optimizer and schedule, then `prepare`."""
     tp = params.train
     set_seed(tp.seed)
-    accelerator = Accelerator(
-        cpu=_on_cpu(), mixed_precision=_mixed_precision(params.train.precision)
-    )
+    accelerator = Accelerator(cpu=_on_cpu(), mixed_precision=_mixed_precision(tp.precision))
     _check_fsdp(accelerator)
     log.info(
         "accelerate: %s on %s, %d process(es), mixed precision %s",
@@ -374,7 +325,7 @@ def train(
         tp.micro_batch_size,
         tp.global_batch_size,
         accelerator.num_processes,
-        len(train_examples),
+        len(inputs.train_examples),
         tp.epochs,
     )
     log.info("%s", plan.describe())
@@ -387,7 +338,7 @@ def train(
     # Names under which a tensor appears a second time (tied weights: SmolLM2's lm_head is its
     # embedding). FSDP's gathered state dict holds them as separate copies; saving both would
     # break the tie in models/in2, so they are dropped there as save_pretrained does untouched.
-    tied = {n for n, _ in lm.named_parameters(remove_duplicate=False)} - {
+    tied = frozenset({n for n, _ in lm.named_parameters(remove_duplicate=False)}) - {
         n for n, _ in lm.named_parameters()
     }
     # Built before `prepare`, on the original parameters (FSDP1 with use_orig_params keeps these
@@ -400,87 +351,213 @@ def train(
     )
     loss_fn, optimizer = accelerator.prepare(AnswerOnlyLoss(lm), optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    pad_id = tokenizer.pad_token_id
-    store = Checkpoints.for_run(
-        outputs.checkpoints,
-        {
-            "train": tp.model_dump(exclude={"num_workers", "checkpoint_every"}),
-            "model": params.model.model_dump(),
-            "data": dataset_md5,
-        },
+    return TrainingRun(
+        accelerator, lm, tokenizer, loss_fn, optimizer, scheduler, plan, params, inputs, tied
     )
-    outputs.checkpoints.mkdir(parents=True, exist_ok=True)  # a DVC output, even when unused
-    history: list[StepLog] = []
-    if tp.checkpoint_every and (resume_from := store.latest()):
-        step, logged = store.load(accelerator, resume_from)
-        history = [StepLog(**entry) for entry in logged]
-        log.info("resuming from %s (step %d of %d)", resume_from, step, plan.optimizer_steps)
 
-    def checkpoint(step: int, so_far: list[StepLog]) -> None:
-        store.save(accelerator, tokenizer, step, [asdict(h) for h in so_far])
 
-    main = accelerator.is_main_process
-    run_params = {"train": tp.model_dump(), "model": params.model.model_dump()}
-    tags = {"dataset_md5": dataset_md5} if dataset_md5 else {}
-    run = mlflow_run("train", params=run_params, tags=tags, inputs=inputs)
-    with run if main else nullcontext() as mlflow:
+def _resume_or_start(
+    run: TrainingRun, checkpoints: Path, deps: Sequence[str]
+) -> tuple[Checkpoints | None, list[StepLog]]:
+    """This run's checkpoint store (None without `train.checkpoint_every`) and the step log of
+    the checkpoint it resumes from (empty: training starts at step 0). Every checkpoint that is
+    not used is logged with the reason."""
+    checkpoints.mkdir(parents=True, exist_ok=True)  # a DVC output, even when unused
+    if not run.params.train.checkpoint_every:
+        return None, []
+    identity = run_identity(run.params, run.inputs, deps, run.accelerator)
+    store = Checkpoints.for_run(checkpoints, identity)
+    total = run.plan.optimizer_steps
+    resume_from = store.latest()  # damaged ones are skipped there, with a warning each
+    if resume_from is None:
+        if others := store.others():
+            log.info(
+                "no checkpoint of this run in %s; %d checkpoint(s) of %d other run(s) (different "
+                "code, data, params, base model, world size or precision) were not used",
+                store.root,
+                len(others),
+                len({p.parent for p in others}),
+            )
+        return store, []
+    if (step := store.step(resume_from)) >= total:
+        # Resuming would train no step and publish the finished run's weights as this run's.
+        log.warning(
+            "checkpoint %s is of a finished run (step %d of %d): training from scratch",
+            resume_from,
+            step,
+            total,
+        )
+        return store, []
+    step, logged = store.load(run.accelerator, resume_from)
+    log.info("resuming from %s (step %d of %d)", resume_from, step, total)
+    return store, [StepLog(**entry) for entry in logged]
+
+
+def _log_run_params(mlflow: Any, run: TrainingRun) -> None:
+    """The training data and the derived batch settings (the params are logged by mlflow_run)."""
+    log_training_data(mlflow, run.inputs.train_examples, run.inputs.dataset_md5)
+    mlflow.log_params(
+        {
+            "gradient_accumulation": run.plan.gradient_accumulation,
+            "world_size": run.plan.world_size,
+            "rope_theta": run.lm.config.to_dict().get("rope_parameters", {}).get("rope_theta"),
+        }
+    )
+
+
+def _run_steps(
+    run: TrainingRun, history: list[StepLog], mlflow: Any, store: Checkpoints | None
+) -> tuple[list[StepLog], int]:
+    """The optimizer steps after those in `history` (a resumed run has some); returns the full
+    step log and the real tokens processed by this call (all processes). With a `store`
+    (`train.checkpoint_every` > 0), a checkpoint is saved every that many steps and after the
+    last one."""
+    tp = run.params.train
+    schedule = step_schedule(run.plan, tp.seed)  # [optimizer steps, global batch] example indices
+    first = len(history)  # the schedule is a function of the seed: step k is the same step
+    micro_batches, batches = _micro_batches(run, schedule[first:])
+    answer_len = np.array([len(e.answer) for e in run.inputs.train_examples])
+    history = list(history)
+    tokens = torch.zeros((), dtype=torch.long, device=run.accelerator.device)
+    main = run.accelerator.is_main_process
+    bar = tqdm(schedule[first:], desc="train", unit="step", disable=not main)
+    for step, indices in enumerate(bar, start=first + 1):
+        micro = micro_batches[step - 1 - first]
+        entry, real = _optimizer_step(run, step, answer_len[indices], micro, batches)
+        tokens += real
+        history.append(entry)
+        bar.set_postfix(loss=f"{entry.loss:.4f}", lr=f"{entry.lr:.2e}")
         if mlflow:
-            log_training_data(mlflow, train_examples, dataset_md5)
-            mlflow.log_params(
+            mlflow.log_metrics(
                 {
-                    "gradient_accumulation": plan.gradient_accumulation,
-                    "world_size": plan.world_size,
-                    "rope_theta": lm.config.to_dict().get("rope_parameters", {}).get("rope_theta"),
-                }
+                    "loss": entry.loss,
+                    "lr": entry.lr,
+                    "grad_norm": entry.grad_norm,
+                    "tokens_per_s": entry.tokens_per_s,
+                    "padding_fraction": entry.padding_fraction,
+                },
+                step=step,
             )
-        start = time.perf_counter()
-        history, n_tokens = _run_steps(
-            accelerator,
-            loss_fn,
-            optimizer,
-            scheduler,
-            encoder,
-            train_examples,
-            plan,
-            step_schedule(plan, tp.seed),
-            pad_id,
-            tp,
-            mlflow,
-            history,
-            checkpoint,
-        )
-        wall = time.perf_counter() - start
-        val_loss = evaluate(
-            loss_fn, encoder, val_examples, tp.micro_batch_size, pad_id, accelerator
-        )
-        result = TrainResult(plan, history, val_loss, n_tokens, wall)
-        log.info(
-            "trained %d steps in %.0f s (%.0f tokens/s): final loss %.4f, val loss %s",
-            len(history),
-            wall,
-            result.tokens_per_second,
-            result.final_loss,
-            "n/a" if val_loss is None else f"{val_loss:.4f}",
-        )
-        if mlflow:
-            mlflow.log_metrics(_summary_metrics(result))
-        # A collective under FSDP (the shards are gathered to the main process): every rank calls.
-        state = accelerator.get_state_dict(loss_fn)
-        if main:
-            weights = {
-                name: tensor
-                for key, tensor in state.items()
-                if (name := key.removeprefix("lm.")) not in tied
-            }
-            run_id = mlflow.active_run().info.run_id
-            write_outputs(lm, weights, tokenizer, result, params, outputs, dataset_md5, run_id)
-        accelerator.wait_for_everyone()
-        if mlflow:
-            checkpoint_md5 = path_md5(outputs.model_dir)
-            mlflow.set_tags(
-                {"checkpoint_path": str(outputs.model_dir), "checkpoint_md5": checkpoint_md5}
+        if store is not None and (step % tp.checkpoint_every == 0 or step == len(schedule)):
+            store.save(run.accelerator, run.tokenizer, step, [asdict(h) for h in history])
+    return history, int(run.accelerator.reduce(tokens, "sum").item())
+
+
+def _micro_batches(
+    run: TrainingRun, steps: np.ndarray
+) -> tuple[list[list[np.ndarray]], Iterator[Batch]]:
+    """This process's micro-batches of each of `steps` (example indices per step) and an
+    iterator over them as padded batches, gathered ahead by `train.num_workers` workers.
+
+    Of a step's global batch (micro_batch_size × gradient_accumulation × world_size examples)
+    this process takes `gradient_accumulation` micro-batches of `micro_batch_size` examples.
+    """
+    tp = run.params.train
+    examples = run.inputs.train_examples
+    lengths = np.array([e.n_tokens for e in examples]) if tp.group_by_length else None
+    rank = run.accelerator.process_index
+    per_step = [process_micro_batches(s, run.plan, rank, lengths) for s in steps]
+    dataset = MicroBatches(
+        run.inputs.encoder, examples, [m for step in per_step for m in step], run.pad_id
+    )
+    return per_step, iter(DataLoader(dataset, batch_size=None, num_workers=tp.num_workers))
+
+
+def _optimizer_step(
+    run: TrainingRun,
+    step: int,
+    answer_len: np.ndarray,
+    micro: list[np.ndarray],
+    batches: Iterator[Batch],
+) -> tuple[StepLog, torch.Tensor]:
+    """One optimizer step: forward and backward of this process's `micro` batches (taken from
+    `batches`), clipping, the update; returns the step's log and this process's real tokens.
+    `answer_len`: the answer tokens of every example of the step's global batch."""
+    accelerator, loss_fn = run.accelerator, run.loss_fn
+    started = time.perf_counter()
+    # Normalise by the answer tokens of the whole global batch (every rank knows them), so the
+    # gradient is the per-token mean however the answers fall into micro-batches and ranks;
+    # × world size because DDP averages gradients over processes.
+    n_answer = float(answer_len.sum())
+    scale = run.plan.world_size / n_answer
+    loss_sum = torch.zeros((), device=accelerator.device)
+    # real and padded tokens of this step on this process, summed over processes below
+    counts = torch.zeros(2, dtype=torch.long, device=accelerator.device)
+    for i in range(len(micro)):  # gradient_accumulation micro-batches on this process
+        batch = next(batches)
+        # Gradients are all-reduced on the last micro-batch of a step only.
+        with nullcontext() if i == len(micro) - 1 else accelerator.no_sync(loss_fn):
+            loss = loss_fn(
+                batch.input_ids.to(accelerator.device),
+                batch.attention_mask.to(accelerator.device),
+                batch.labels.to(accelerator.device),
             )
+            accelerator.backward(loss * scale)
+        loss_sum += loss.detach()
+        counts += torch.tensor([batch.n_tokens, batch.n_padded], device=counts.device)
+    grad_norm = accelerator.clip_grad_norm_(loss_fn.parameters(), run.params.train.max_grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    # The sum of every process's answer-token losses over the global batch's answer tokens.
+    loss_mean = accelerator.reduce(loss_sum, "sum").item() / n_answer
+    real, padded = accelerator.reduce(counts, "sum").tolist()
+    entry = StepLog(
+        step,
+        loss_mean,
+        float(lr),
+        float(grad_norm),
+        real / (time.perf_counter() - started),
+        1 - real / padded,
+    )
+    return entry, counts[0]
+
+
+def _validate(
+    run: TrainingRun, history: list[StepLog], n_tokens: int, wall: float, mlflow: Any
+) -> TrainResult:
+    """Validation loss after the last step, the run's summary, logged and sent to MLflow."""
+    val_loss = evaluate(
+        run.loss_fn,
+        run.inputs.encoder,
+        run.inputs.val_examples,
+        run.params.train.micro_batch_size,
+        run.pad_id,
+        run.accelerator,
+    )
+    result = TrainResult(run.plan, history, val_loss, n_tokens, wall)
+    log.info(
+        "trained %d steps in %.0f s (%.0f tokens/s): final loss %.4f, val loss %s",
+        len(history),
+        wall,
+        result.tokens_per_second,
+        result.final_loss,
+        "n/a" if val_loss is None else f"{val_loss:.4f}",
+    )
+    if mlflow:
+        mlflow.log_metrics(_summary_metrics(result))
     return result
+
+
+def _publish(run: TrainingRun, result: TrainResult, outputs: TrainOutputs, mlflow: Any) -> None:
+    """Gather the weights, write models/in2 and the metrics (main process), tag the MLflow run
+    with the checkpoint's md5."""
+    # A collective under FSDP (the shards are gathered to the main process): every rank calls.
+    state = run.accelerator.get_state_dict(run.loss_fn)
+    if run.accelerator.is_main_process:
+        weights = {
+            name: tensor
+            for key, tensor in state.items()
+            if (name := key.removeprefix("lm.")) not in run.tied
+        }
+        write_outputs(run, weights, result, outputs, mlflow.active_run().info.run_id)
+    run.accelerator.wait_for_everyone()
+    if mlflow:
+        checkpoint_md5 = path_md5(outputs.model_dir)
+        mlflow.set_tags(
+            {"checkpoint_path": str(outputs.model_dir), "checkpoint_md5": checkpoint_md5}
+        )
 
 
 def log_training_data(mlflow: Any, examples: list[EncodedExample], dataset_md5: str | None) -> None:
@@ -494,7 +571,7 @@ def log_training_data(mlflow: Any, examples: list[EncodedExample], dataset_md5: 
         # columns cannot hold missing values; neither matters for a record of the input.
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(
-            frame, source="data/in2", name="data/in2/train.parquet", digest=dataset_md5
+            frame, source=str(IN2_DATA), name=str(IN2_TRAIN), digest=dataset_md5
         )
         mlflow.log_input(dataset, context="training")
 
@@ -533,22 +610,18 @@ def trainer_state(
 
 
 def write_outputs(
-    lm: PreTrainedModel,
+    run: TrainingRun,
     weights: dict[str, torch.Tensor],
-    tokenizer: PreTrainedTokenizerBase,
     result: TrainResult,
-    params: Params,
     outputs: TrainOutputs,
-    dataset_md5: str | None,
     mlflow_run_id: str | None,
 ) -> None:
-    """Checkpoint folder (`lm`'s config with `weights`), metrics JSON and the loss curve CSV,
+    """Checkpoint folder (the model's config with `weights`), metrics JSON and the loss curve CSV,
     each written atomically."""
     with atomic_dir(outputs.model_dir) as out:
-        save_model(lm, tokenizer, out, state_dict=weights)
-        write_json(
-            out / "trainer_state.json", trainer_state(result, params, dataset_md5, mlflow_run_id)
-        )
+        save_model(run.lm, run.tokenizer, out, state_dict=weights)
+        state = trainer_state(result, run.params, run.inputs.dataset_md5, mlflow_run_id)
+        write_json(out / "trainer_state.json", state)
     metrics = {
         "final_train_loss": result.final_loss,
         "val_loss": result.val_loss,
