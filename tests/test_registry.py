@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from in2.model import load_tokenizer
 from in2.params import ParamsError, parse_params
 from in2.probing.build import build_probes
 from in2.probing.results import scores_summary, task_run
-from in2.probing.tasks import Item, ProbeSources, TaskSpec, answer_budget
+from in2.probing.tasks import Item, ProbeSources, answer_budget
 from in2.prompting import PromptEncoder
 from in2.registry import EXAMPLE_KINDS, LONG_KINDS, PROBE_TASKS, QA_GENERATORS, Registry
 
@@ -22,19 +23,13 @@ COLOURS = ("red", "green", "blue", "amber", "olive", "coral", "ivory", "mauve", 
 
 def colour_items(sources: ProbeSources, rng: np.random.Generator) -> list[Item]:
     """Items of a throwaway task: a made-up code per colour, asked by the code."""
-    return [Item({"code": f"K{i:03d}", "colour": c}, (f"K{i:03d}",)) for i, c in enumerate(COLOURS)]
+    return [Item({"sentence": f"K{i:03d} is {c}."}, (f"K{i:03d}",)) for i, c in enumerate(COLOURS)]
 
 
-ECHO = TaskSpec(
+COLOUR = replace(  # the document task's item layout and metric; its own question and items
+    PROBE_TASKS["document"],
     name="colour",
-    title="Colour lookup",
-    retrieval="forward",
-    render="{code} is {colour}.",
-    separator="\n",
     question="Which colour is {keyword}?",
-    answer={"completion": "colour"},
-    metric="name_match",
-    strict_metric="name_match",
     loaders={"offline": colour_items},
     max_new_tokens=3,
 )
@@ -42,7 +37,7 @@ ECHO = TaskSpec(
 
 @pytest.fixture
 def colour_task() -> Iterator[str]:
-    PROBE_TASKS.register("colour", ECHO)
+    PROBE_TASKS.register("colour", COLOUR)
     yield "colour"
     PROBE_TASKS.unregister("colour")
 
@@ -68,7 +63,7 @@ def test_a_task_added_in_one_place_is_validated_built_and_scored(
     assert queries and all(q["task"] == "colour" for q in queries)
     assert all(q["question"] == f"Which colour is {q['keyword']}?" for q in queries)
 
-    answers = [f"It is {q['completion']}." if i % 2 else "no idea" for i, q in enumerate(queries)]
+    answers = [q["completion"] if i % 2 else "no idea" for i, q in enumerate(queries)]
     run = task_run(colour_task, queries, answers, bin_size=2, seconds=1.0)
     assert [p["score"] for p in run.predictions] == [float(i % 2) for i in range(len(queries))]
     assert set(scores_summary({colour_task: run})) >= {"colour", "all", "all_strict"}
@@ -76,7 +71,7 @@ def test_a_task_added_in_one_place_is_validated_built_and_scored(
 
 def test_a_taken_name_is_refused_and_an_unknown_one_names_the_known() -> None:
     with pytest.raises(ValueError, match="probe task 'code' is already registered"):
-        PROBE_TASKS.register("code", ECHO)
+        PROBE_TASKS.register("code", COLOUR)
     with pytest.raises(KeyError, match=r"unknown QA generator 'gpt' \(qa.generator\)"):
         QA_GENERATORS["gpt"]
 

@@ -304,6 +304,19 @@ def test_length_grouping_cuts_padding_and_deals_micro_batches_in_turn() -> None:
         assert sorted(np.concatenate([m for s in shares for m in s])) == list(range(8))
 
 
+def context_frame(contexts: list[list[int]], answer: str) -> pd.DataFrame:
+    """IN2 examples over these segment-id contexts, all asking the same question."""
+    return pd.DataFrame(
+        {
+            "example_id": [f"ex{i}" for i in range(len(contexts))],
+            "context_segments": contexts,
+            "question": ["Which words?"] * len(contexts),
+            "answer": [answer] * len(contexts),
+            "n_tokens": [len(c) * SEG_LEN for c in contexts],
+        }
+    )
+
+
 def test_workers_and_grouping_do_not_change_what_is_learned(
     tiny_model_dir: Path, tokenizer, encoder: ExampleEncoder, tmp_path: Path, monkeypatch
 ) -> None:
@@ -311,16 +324,7 @@ def test_workers_and_grouping_do_not_change_what_is_learned(
     mixed lengths show a padding fraction that length grouping lowers."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     contexts = [[2], [2, 6, 0, 1], [6], [1, 3, 5, 0]]
-    frame = pd.DataFrame(
-        {
-            "example_id": [f"ex{i}" for i in range(4)],
-            "context_segments": contexts,
-            "question": ["Which words?"] * 4,
-            "answer": ["these words"] * 4,
-            "n_tokens": [len(c) * SEG_LEN for c in contexts],
-        }
-    )
-    examples = encoder.encode_frame(frame)
+    examples = encoder.encode_frame(context_frame(contexts, "these words"))
 
     def run(workers: int, grouped: bool, out: str):
         train_params = {"micro_batch_size": 2, "global_batch_size": 4, "epochs": 2}
@@ -369,16 +373,7 @@ def test_a_killed_run_resumes_with_the_same_loss_curve(
     """Killed after step 5 (last checkpoint: step 4), resumed: the same curve as one run."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     contexts = [[2], [2, 6, 0], [6, 1], [1, 3, 5], [0], [4, 2]]
-    frame = pd.DataFrame(
-        {
-            "example_id": [f"ex{i}" for i in range(6)],
-            "context_segments": contexts,
-            "question": ["Which words?"] * 6,
-            "answer": ["these words here"] * 6,
-            "n_tokens": [len(c) * SEG_LEN for c in contexts],
-        }
-    )
-    examples = encoder.encode_frame(frame)
+    examples = encoder.encode_frame(context_frame(contexts, "these words here"))
     train_params = {"micro_batch_size": 1, "global_batch_size": 2, "epochs": 2}
     train_params |= {"checkpoint_every": 2, "learning_rate": 3e-3, "max_seq_len": 1024}
     params = parse_params({"model": {"source": "random_init"}, "train": train_params})
@@ -516,16 +511,8 @@ def test_the_run_key_changes_with_code_base_model_world_size_and_precision(
 def _resumable_run(tiny_model_dir: Path, tokenizer, encoder: ExampleEncoder, root: Path):
     """`run(learning_rate)`: 6 steps with a checkpoint every 2, outputs under `root`."""
     contexts = [[2], [2, 6, 0], [6, 1], [1, 3, 5], [0], [4, 2]]
-    frame = pd.DataFrame(
-        {
-            "example_id": [f"ex{i}" for i in range(6)],
-            "context_segments": contexts,
-            "question": ["Which words?"] * 6,
-            "answer": ["these words here"] * 6,
-            "n_tokens": [len(c) * SEG_LEN for c in contexts],
-        }
-    )
-    inputs = TrainInputs(tiny_model_dir, encoder, encoder.encode_frame(frame), [], "d")
+    examples = encoder.encode_frame(context_frame(contexts, "these words here"))
+    inputs = TrainInputs(tiny_model_dir, encoder, examples, [], "d")
 
     def run(learning_rate: float = 3e-3):
         train_params = {"micro_batch_size": 1, "global_batch_size": 2, "epochs": 2}

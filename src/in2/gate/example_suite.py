@@ -16,7 +16,7 @@ from in2.gate.expectations import (
     ExpectColumnValueFractionsToMatch,
     ExpectColumnValuesToBeBalancedOverBins,
 )
-from in2.gate.suites import expect, where_kind
+from in2.gate.suites import expect, gold_count, where_kind
 from in2.params import Params
 from in2.registry import EXAMPLE_KINDS, LONG_KINDS
 
@@ -84,24 +84,18 @@ def _long_context_checks(params: Params) -> list[gxe.Expectation]:
             kind=LONG,
             row_condition=long_kinds,
         ),
-        expect(
-            gxe.ExpectColumnValuesToBeBetween,
+        gold_count(
             "fine_grained.one_gold",
             "A fine-grained example has exactly one gold segment.",
-            kind="fine_grained",
-            column="n_gold",
+            "fine_grained",
             min_value=1,
             max_value=1,
-            row_condition=where_kind("fine_grained"),
         ),
-        expect(
-            gxe.ExpectColumnValuesToBeBetween,
+        gold_count(
             "integration.several_gold",
             "An integration example has two or more gold segments.",
-            kind="integration",
-            column="n_gold",
+            "integration",
             min_value=2,
-            row_condition=where_kind("integration"),
         ),
     ]
 
@@ -109,14 +103,11 @@ def _long_context_checks(params: Params) -> list[gxe.Expectation]:
 def _short_and_general_checks() -> list[gxe.Expectation]:
     """Short-context examples are their gold segments only; general ones have no context."""
     return [
-        expect(
-            gxe.ExpectColumnValuesToBeBetween,
+        gold_count(
             "short.has_gold",
             "A short-context example has at least one gold segment.",
-            kind="short",
-            column="n_gold",
+            "short",
             min_value=1,
-            row_condition=where_kind("short"),
         ),
         expect(
             gxe.ExpectColumnPairValuesToBeEqual,

@@ -35,6 +35,19 @@ def where_kind(*kinds: str) -> Any:
     return Column("kind") == kinds[0] if len(kinds) == 1 else Column("kind").is_in(list(kinds))
 
 
+def gold_count(check: str, description: str, kind: str, **bounds: int) -> gxe.Expectation:
+    """`n_gold` of the rows of one kind within `bounds` (min_value, and max_value if any)."""
+    return expect(
+        gxe.ExpectColumnValuesToBeBetween,
+        check,
+        description,
+        kind=kind,
+        column="n_gold",
+        **bounds,
+        row_condition=where_kind(kind),
+    )
+
+
 def schema_expectations() -> list[gxe.Expectation]:
     """The contract of the raw train/val tables: column set, types, no missing values."""
     out = [
@@ -130,24 +143,18 @@ def _qa_pair_checks() -> list[gxe.Expectation]:
             column="answer_chars",
             min_value=1,
         ),
-        expect(
-            gxe.ExpectColumnValuesToBeBetween,
+        gold_count(
             "qa.fine_grained.one_gold",
             "A fine-grained pair needs exactly one segment.",
-            kind="fine_grained",
-            column="n_gold",
+            "fine_grained",
             min_value=1,
             max_value=1,
-            row_condition=where_kind("fine_grained"),
         ),
-        expect(
-            gxe.ExpectColumnValuesToBeBetween,
+        gold_count(
             "qa.integration.several_gold",
             "An integration pair needs two or more segments.",
-            kind="integration",
-            column="n_gold",
+            "integration",
             min_value=2,
-            row_condition=where_kind("integration"),
         ),
     ]
 
