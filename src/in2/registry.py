@@ -36,9 +36,6 @@ class Registry(Generic[T]):
         """The registered names, in registration order."""
         return tuple(self._entries)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
@@ -139,3 +136,6 @@ EXAMPLE_KINDS: Registry[ExampleKind] = Registry(
 
 LONG_KINDS: tuple[str, ...] = tuple(n for n in EXAMPLE_KINDS if EXAMPLE_KINDS[n].long_context)
 """`fine_grained`, `integration`: the long-context kinds, and the kinds of a QA pair."""
+
+REGISTRIES: tuple[Registry, ...] = (PROBE_TASKS, QA_GENERATORS, CORPUS_SOURCES, EXAMPLE_KINDS)
+"""Every registry; the deps check (in2.lineage.code_deps) reads their targets from here."""

@@ -23,18 +23,12 @@ from pathlib import Path
 
 import yaml
 
-from in2 import registry
 from in2.outputs import atomic_file
+from in2.registry import REGISTRIES
 
 SRC = Path("src")
 CODE_DEP = re.compile(r"^(stages/[\w/]+\.py|src/in2/[\w/]+\.py)$")
 """A dep path that is code (the rest are data, models and metrics)."""
-REGISTRIES: tuple[registry.Registry, ...] = (
-    registry.PROBE_TASKS,
-    registry.QA_GENERATORS,
-    registry.CORPUS_SOURCES,
-    registry.EXAMPLE_KINDS,
-)
 
 
 def module_file(root: Path, module: str) -> Path | None:
