@@ -28,7 +28,10 @@ $(STAMP): requirements.txt requirements-offline-data.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-run: setup
+# The first line says how long it will take here (python -m in2.eta: standard library only).
+run:
+	@PYTHONPATH=src $(PYTHON) -m in2.eta
+	@$(MAKE) --no-print-directory setup
 	dvc repro
 
 test: setup chromium

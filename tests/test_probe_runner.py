@@ -139,3 +139,17 @@ def test_scores_summary_feeds_the_report(runs: dict[str, TaskRun], tmp_path: Pat
     assert row in table
     assert (tmp_path / "probe_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "scores.json").read_text()) == {"base": scores, "in2": scores}
+
+
+def test_the_fused_shared_part_equals_its_definition() -> None:
+    """The CPU kernel behind the shared-prefix attention gives the explicit form's output and
+    log-sum-exp (the explicit form is what other devices run)."""
+    from in2.probing.local import attend_with_lse, explicit_attention_with_lse
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(1, 3, n, 64, generator=generator) for n in (90, 1054, 1054))
+    fused, fused_lse = attend_with_lse(query, key, value, 0.125)
+    explicit, explicit_lse = explicit_attention_with_lse(query, key, value, 0.125)
+    torch.testing.assert_close(fused, explicit)
+    torch.testing.assert_close(fused_lse, explicit_lse)
+    assert fused.shape == (1, 3, 90, 64) and fused_lse.shape == (1, 3, 90)

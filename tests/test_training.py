@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from conftest import write_random_segments
 from in2.data.segments import SegmentStore
 from in2.lineage.fingerprint import dataset_fingerprint
 from in2.model import load_model, load_tokenizer
-from in2.params import InputError, parse_params
+from in2.params import InputError, TrainParams, parse_params
 from in2.prompting import PromptEncoder
 from in2.train import loop as training
 from in2.train.batching import (
@@ -30,6 +31,7 @@ from in2.train.batching import (
 )
 from in2.train.inputs import TrainInputs
 from in2.train.loop import AnswerOnlyLoss, TrainOutputs, require_passed_gate, train
+from in2.train.trainable import freeze
 
 SEG_LEN = 16
 N_SEGMENTS = 8
@@ -110,6 +112,39 @@ def test_answer_only_loss_equals_full_logits_masked_loss(
     torch.testing.assert_close(sliced, full.loss, rtol=1e-5, atol=1e-6)
     for got, want in zip(sliced_grads, (p.grad for p in lm.parameters()), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_prompt_without_gradients_gives_the_same_loss_and_cuts_its_backward(
+    tiny_model_dir: Path, encoder: ExampleEncoder
+) -> None:
+    """train.backprop_prompt: false computes the same loss (the prompt as a cache of
+    constants), but its gradients come from the answer positions only."""
+    examples = [
+        encoder.encode("a", [0, 1, 2], "Which words follow?", "these words here"),
+        encoder.encode("b", [4], "And now?", "short"),
+    ]
+    batch = collate([encoder.ids(e) for e in examples], encoder.prompts.tokenizer.pad_token_id)
+    lm = load_model(tiny_model_dir)
+    losses, grads = [], []
+    for backprop_prompt in (True, False):
+        lm.zero_grad()
+        loss = AnswerOnlyLoss(lm, backprop_prompt)(
+            batch.input_ids, batch.attention_mask, batch.labels
+        )
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None})
+    full, cut = grads
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    assert set(cut) == set(full)  # every weight still learns, from the answer positions
+    key = "model.layers.0.self_attn.k_proj.weight"  # the prompt's keys: only the answer's remain
+    assert cut[key].norm() < 0.9 * full[key].norm()
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in cut.values())
+
+
+def test_a_prompt_cache_and_gradient_checkpointing_are_refused_together() -> None:
+    with pytest.raises(ValueError, match="backprop_prompt: false needs the prompt's key/value"):
+        TrainParams(backprop_prompt=False, gradient_checkpointing=True)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(
@@ -205,8 +240,10 @@ def test_tiny_end_to_end_run(
     encoder: ExampleEncoder,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """One example repeated: the loss must fall; outputs reload; an MLflow run is recorded."""
+    """One example repeated: the loss must fall; the frozen layer stays as it was; outputs
+    reload; an MLflow run is recorded with what computed it; the duration was announced."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     frame = pd.DataFrame(
         {
@@ -229,6 +266,7 @@ def test_tiny_end_to_end_run(
                 "warmup_ratio": 0.0,
                 "epochs": 3,
                 "freeze_embeddings": True,
+                "freeze_layers": 1,
                 "max_seq_len": 512,
             },
         }
@@ -238,15 +276,26 @@ def test_tiny_end_to_end_run(
     )
     lm = load_model(tiny_model_dir)
     embeddings = lm.get_input_embeddings().weight.detach().clone()
+    before = [
+        {n: p.detach().clone() for n, p in layer.named_parameters()} for layer in lm.model.layers
+    ]
 
     inputs = TrainInputs(tiny_model_dir, encoder, train_examples, val_examples, "md5x")
-    result = train(lm, tokenizer, inputs, params, outputs)
+    with caplog.at_level(logging.INFO, logger="in2.train.loop"):
+        result = train(lm, tokenizer, inputs, params, outputs)
 
     assert result.plan.optimizer_steps == 6
     losses = [h.loss for h in result.history]
     assert losses[-1] < losses[0] - 0.5, losses
     assert result.val_loss is not None and np.isfinite(result.val_loss)
     assert torch.equal(lm.get_input_embeddings().weight, embeddings)  # frozen (and tied lm_head)
+    lowest, top = (dict(layer.named_parameters()) for layer in lm.model.layers)
+    assert all(torch.equal(p, before[0][n]) for n, p in lowest.items())  # train.freeze_layers: 1
+    assert not all(torch.equal(p, before[1][n]) for n, p in top.items())
+    assert re.search(
+        r"[\d.]+M of [\d.]+M parameters learn \(embeddings frozen, lowest 1 decoder", caplog.text
+    )
+    assert "expected training time here: ~" in caplog.text
 
     reloaded = load_model(outputs.model_dir)
     for (name, a), b in zip(lm.state_dict().items(), reloaded.state_dict().values(), strict=True):
@@ -256,6 +305,13 @@ def test_tiny_end_to_end_run(
     assert state["optimizer_steps"] == 6 and state["dataset_md5"] == "md5x"
     metrics = json.loads(outputs.metrics.read_text())
     assert metrics["optimizer_steps"] == 6 and metrics["examples"] == 4
+    compute = {
+        "precision": "fp32",
+        "device": "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
+    assert metrics["compute"] == compute and metrics["expected_seconds"] > 0
     assert outputs.loss_csv.read_text().splitlines()[0] == "step,loss,lr"
     assert len(outputs.loss_csv.read_text().splitlines()) == 7
 
@@ -265,6 +321,9 @@ def test_tiny_end_to_end_run(
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["params.gradient_accumulation"] == "2"
+    assert {k: run[f"params.compute.{k}"] for k in compute} == {
+        k: str(v) for k, v in compute.items()
+    }
     assert run["tags.dataset_md5"] == "md5x"
     assert run["metrics.val_loss"] == pytest.approx(result.val_loss)
     history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "loss")
@@ -275,6 +334,17 @@ def test_tiny_end_to_end_run(
     assert run["tags.checkpoint_md5"] == dataset_fingerprint(saved)["md5"]
     assert run["tags.checkpoint_path"] == str(outputs.model_dir)
     assert state["mlflow_run_id"] == run["run_id"]  # a probe run of it names this run
+
+
+def test_freezing_every_layer_is_an_error_naming_the_key(tiny_model_dir: Path) -> None:
+    lm = load_model(tiny_model_dir)  # 2 decoder layers
+    params = TrainParams(freeze_layers=2)
+    with pytest.raises(InputError) as raised:
+        freeze(lm, params)
+    assert str(raised.value) == (
+        "train.freeze_layers: 2 would freeze all 2 decoder layers of LlamaForCausalLM; "
+        "set it to at most 1"
+    )
 
 
 def test_precision_param_maps_to_accelerate():

@@ -385,11 +385,23 @@ class TrainParams(_Section):
     """Passes over the training set (paper: 1)."""
     freeze_embeddings: bool = True
     """Keep the (tied) token embeddings fixed; cheaper and steadier for small models."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """`auto`: bf16 autocast where the hardware computes bf16 natively (recent GPUs, CPUs with
-    AVX512-BF16), else fp32. Weights and optimizer state stay fp32."""
+    freeze_layers: int = Field(0, ge=0)
+    """Keep the lowest N decoder layers fixed: the backward pass stops above them, so a step
+    costs F + 2F·(L − N)/L instead of 3F (in2.train.trainable). Measured on SmolLM2-135M: 20 of
+    30 frozen is 1.9× faster per step and lost the whole lift (docs/results.md)."""
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    """`fp32`, or `bf16` autocast (weights and optimizer state stay fp32 either way). One fixed
+    value trains the same recipe on every machine; `auto` picks bf16 where the hardware computes
+    it natively (recent GPUs, CPUs with AVX512-BF16/AMX) and fp32 elsewhere, so the same
+    `dvc repro` would train different models on different CPUs. bf16 on a CPU without native
+    bf16 (AVX2 only) is many times slower than fp32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory on long contexts."""
+    backprop_prompt: bool = True
+    """false: compute the prompt (context and question) without gradients, as a key/value cache,
+    and backpropagate through the answer positions only (~F over the prompt + 3F over the
+    answer, instead of 3F over all; the context's keys and values stay the base model's). true:
+    the paper's IN2 training (in2.train.loop.AnswerOnlyLoss)."""
     prompt_format: Literal["chat", "film"] = "chat"
     """`chat`: the model's own chat template; `film`: the paper's FILM-7B template
     (Mistral [INST] tags)."""
@@ -409,6 +421,15 @@ class TrainParams(_Section):
     with its optimizer state is ~87 GB; of SmolLM2-135M ~1.6 GB), and none is read either."""
     seed: int = 0
     """Data order and initialisation seed."""
+
+    @model_validator(mode="after")
+    def _prompt_cache_needs_the_cache(self) -> TrainParams:
+        if not self.backprop_prompt and self.gradient_checkpointing:
+            raise ValueError(
+                "backprop_prompt: false needs the prompt's key/value cache, which transformers "
+                "turns off under gradient_checkpointing; set one of them to its default"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainParams:
@@ -437,8 +458,9 @@ class ProbeParams(_Section):
     max_new_tokens: dict[ProbeTask, PositiveInt] = Field(default_factory=dict)
     """Greedy decoding budget per task; a task not named here gets its spec's
     (in2.probing.tasks: document 48, code 16, database 32)."""
-    batch_size: int = Field(16, gt=0)
-    """Queries decoded together on one shared, prefilled context."""
+    batch_size: int = Field(64, gt=0)
+    """Queries decoded together on one shared, prefilled context (64: every query of a 1K-token
+    context in one batch; 2.1× the decode rate of 16 on an AVX2 CPU: docs/benchmarks.md)."""
     prompt_format: Literal["chat", "film"] = "chat"
     """Prompt template, as in train.prompt_format. An API model (`--model api`) gets the same
     instruction (context, then question) as one user message; its server applies its template."""

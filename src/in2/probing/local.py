@@ -96,18 +96,14 @@ def shared_prefix_attention(
     # Query heads k*groups .. k*groups+groups-1 read kv head k (as transformers' repeat_kv).
     grouped = query.reshape(rows, kv_heads, groups, q_len, dim)
 
-    # Shared part: fold every row into the query axis of one matmul per kv head.
+    # Shared part: fold every row into the query axis of one attention call per kv head.
     folded = grouped.transpose(0, 1).reshape(1, kv_heads, rows * groups * q_len, dim)
-    scores = torch.matmul(folded, shared_keys.transpose(-1, -2)).float() * scale
-    shared_max = scores.amax(-1, keepdim=True)
-    weights = torch.exp(scores - shared_max)
-    shared_sum = weights.sum(-1, keepdim=True)
-    shared_out = torch.matmul(weights.to(shared_values.dtype), shared_values).float()
+    shared_out, shared_lse = attend_with_lse(folded, shared_keys, shared_values, scale)
 
     def unfold(t: torch.Tensor) -> torch.Tensor:  # (1, kvh, rows*g*q, x) -> (rows, kvh, g, q, x)
         return t.reshape(kv_heads, rows, groups, q_len, -1).transpose(0, 1)
 
-    shared_max, shared_sum, shared_out = unfold(shared_max), unfold(shared_sum), unfold(shared_out)
+    shared_out, shared_lse = unfold(shared_out.float()), unfold(shared_lse.float()[..., None])
 
     # Tail part: per row, masked (left pads, causal order).
     tail_scores = torch.matmul(grouped, key[:, :, None].transpose(-1, -2)).float() * scale
@@ -118,15 +114,43 @@ def shared_prefix_attention(
         attention_mask = attention_mask[:, :, None]  # (rows, 1, 1, q, t)
     tail_scores = tail_scores.masked_fill(~attention_mask, float("-inf"))
 
-    top = torch.maximum(shared_max, tail_scores.amax(-1, keepdim=True))  # finite: shared part
+    # One softmax over all keys: the shared part's sum of exp(s) is exp(lse), so with
+    # top = max(lse, tail scores) both parts are sums of exp(s - top), and they add.
+    top = torch.maximum(shared_lse, tail_scores.amax(-1, keepdim=True))  # finite: shared part
     tail_weights = torch.exp(tail_scores - top)
-    rescale = torch.exp(shared_max - top)
-    # Shared sums * rescale are sums of exp(s - top), like the tail's: one softmax over all keys
-    out = (shared_out * rescale + torch.matmul(tail_weights, value[:, :, None].float())) / (
-        shared_sum * rescale + tail_weights.sum(-1, keepdim=True)
+    shared_weight = torch.exp(shared_lse - top)
+    out = (shared_out * shared_weight + torch.matmul(tail_weights, value[:, :, None].float())) / (
+        shared_weight + tail_weights.sum(-1, keepdim=True)
     )
     out = out.reshape(rows, heads, q_len, dim).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
+
+
+def attend_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q kᵀ · scale) v and the log-sum-exp of each query's scores (no mask).
+
+    On CPU this is torch's fused flash-attention kernel, which returns both without writing the
+    [queries × keys] score matrix: for 30 rows of ~35 question tokens against a 1K-token
+    context, the explicit form spent more time streaming those scores through memory than the
+    model spent in its matmuls (docs/benchmarks.md, "Probe decode"). Elsewhere, the explicit form.
+    """
+    if query.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, scale=scale
+        )
+    return explicit_attention_with_lse(query, key, value, scale)
+
+
+def explicit_attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attend_with_lse` by its definition, the score matrix written out (any device)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
+    lse = torch.logsumexp(scores, -1)
+    weights = torch.exp(scores - lse[..., None])
+    return torch.matmul(weights.to(value.dtype), value), lse
 
 
 AttentionInterface.register(ATTENTION, shared_prefix_attention)

@@ -54,6 +54,7 @@ from in2.train.batching import (
 )
 from in2.train.checkpoints import Checkpoints, run_identity
 from in2.train.inputs import TrainInputs
+from in2.train.trainable import freeze
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +92,42 @@ class AnswerOnlyLoss(nn.Module):
     The decoder body gives hidden states; the output layer runs on the positions whose next
     token is labelled. Wrapping the model (rather than calling its body from the loop) keeps
     the forward pass going through DDP/FSDP wrappers, which must see it to sync gradients.
+
+    With `backprop_prompt=False` the prompt (context and question, up to the position that
+    predicts the first answer token) is computed without gradients, as a key/value cache, and
+    only the answer positions are computed with them: a step costs ~F over the prompt and 3F
+    over the answer instead of 3F over everything, and only what the answer positions compute
+    learns (their queries, their MLPs); the context's keys and values stay the base model's.
     """
 
-    def __init__(self, lm: PreTrainedModel) -> None:
+    def __init__(self, lm: PreTrainedModel, backprop_prompt: bool = True) -> None:
         super().__init__()
         self.lm = lm
+        self.backprop_prompt = backprop_prompt
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        body = self.lm.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        )
         targets = labels[:, 1:]  # position t predicts token t + 1
         keep = targets != IGNORE_INDEX
-        hidden = body.last_hidden_state[:, :-1][keep]  # [answer tokens, hidden]
-        logits = self.lm.get_output_embeddings()(hidden).float()
-        return F.cross_entropy(logits, targets[keep], reduction="sum")
+        start = 0 if self.backprop_prompt else int(keep.int().argmax(-1).min())
+        cache = None
+        if start:  # the prompt as a cache of constants, then the answer positions with grad
+            with torch.no_grad():
+                cache = self.lm.base_model(
+                    input_ids=input_ids[:, :start],
+                    attention_mask=attention_mask[:, :start],
+                    use_cache=True,
+                ).cache
+        body = self.lm.base_model(
+            input_ids=input_ids[:, start:],
+            attention_mask=attention_mask,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        hidden = body.last_hidden_state[:, : targets.shape[1] - start][keep[:, start:]]
+        logits = self.lm.get_output_embeddings()(hidden).float()  # [answer tokens, vocab]
+        return F.cross_entropy(logits, targets[:, start:][keep[:, start:]], reduction="sum")
 
 
 @dataclass(frozen=True)
@@ -143,6 +163,8 @@ class TrainResult:
     val_loss: float | None
     train_tokens: int
     wall_seconds: float
+    expected_seconds: float
+    """What `_expected_seconds` predicted before the first step (the wall time includes it)."""
 
     @property
     def final_loss(self) -> float:
@@ -154,10 +176,8 @@ class TrainResult:
 
 
 def _optimizer(lm: PreTrainedModel, params: Params) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; weight decay on matrices only (not norms/biases)."""
-    if params.train.freeze_embeddings:
-        # Tied models (SmolLM2) share this tensor with lm_head, so the output layer freezes too.
-        lm.get_input_embeddings().weight.requires_grad_(False)
+    """AdamW over the trainable parameters (in2.train.trainable froze the rest); weight decay on
+    matrices only (not norms/biases)."""
     trainable = [p for p in lm.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
@@ -214,6 +234,17 @@ def _mixed_precision(precision: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def compute_settings(accelerator: Accelerator) -> dict[str, str | int]:
+    """What the numbers were computed with: logged to MLflow and metrics/train.json, so that two
+    runs of one recipe on different machines say why their losses differ in the last digits."""
+    return {
+        "precision": "bf16" if accelerator.mixed_precision == "bf16" else "fp32",
+        "device": str(accelerator.device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 @torch.no_grad()
@@ -300,8 +331,9 @@ def train(
         if mlflow:
             _log_run_params(mlflow, run)
         start = time.perf_counter()
-        history, n_tokens = _run_steps(run, history, mlflow, store)
-        result = _validate(run, history, n_tokens, time.perf_counter() - start, mlflow)
+        history, n_tokens, expected = _run_steps(run, history, mlflow, store)
+        wall = time.perf_counter() - start
+        result = _validate(run, history, n_tokens, (wall, expected), mlflow)
         _publish(run, result, outputs, mlflow)
     return result
 
@@ -314,13 +346,22 @@ def _prepare(
     set_seed(tp.seed)
     accelerator = Accelerator(cpu=_on_cpu(), mixed_precision=_mixed_precision(tp.precision))
     _check_fsdp(accelerator)
+    compute = compute_settings(accelerator)
     log.info(
-        "accelerate: %s on %s, %d process(es), mixed precision %s",
+        "accelerate: %s on %s, %d process(es), %s, CPU capability %s, %d threads",
         accelerator.distributed_type.value,
         accelerator.device,
         accelerator.num_processes,
-        accelerator.mixed_precision,
+        compute["precision"],
+        compute["cpu_capability"],
+        compute["threads"],
     )
+    if compute["precision"] == "bf16" and _on_cpu() and _mixed_precision("auto") != "bf16":
+        log.warning(
+            "train.precision: bf16 on a CPU without native bf16 (%s): expect it many times "
+            "slower than fp32; set train.precision: fp32",
+            compute["cpu_capability"],
+        )
     plan = plan_batches(
         tp.micro_batch_size,
         tp.global_batch_size,
@@ -335,6 +376,7 @@ def _prepare(
     if tp.gradient_checkpointing:
         lm.activation_checkpointing_enable()
     lm.train()
+    log.info("%s", freeze(lm, tp))
     # Names under which a tensor appears a second time (tied weights: SmolLM2's lm_head is its
     # embedding). FSDP's gathered state dict holds them as separate copies; saving both would
     # break the tie in models/in2, so they are dropped there as save_pretrained does untouched.
@@ -349,7 +391,8 @@ def _prepare(
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, math.ceil(tp.warmup_ratio * plan.optimizer_steps), plan.optimizer_steps
     )
-    loss_fn, optimizer = accelerator.prepare(AnswerOnlyLoss(lm), optimizer)
+    loss_fn = AnswerOnlyLoss(lm, backprop_prompt=tp.backprop_prompt)
+    loss_fn, optimizer = accelerator.prepare(loss_fn, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     return TrainingRun(
         accelerator, lm, tokenizer, loss_fn, optimizer, scheduler, plan, params, inputs, tied
@@ -402,14 +445,16 @@ def _log_run_params(mlflow: Any, run: TrainingRun) -> None:
             "world_size": run.plan.world_size,
             "rope_theta": run.lm.config.to_dict().get("rope_parameters", {}).get("rope_theta"),
         }
+        | {f"compute.{k}": v for k, v in compute_settings(run.accelerator).items()}
     )
 
 
 def _run_steps(
     run: TrainingRun, history: list[StepLog], mlflow: Any, store: Checkpoints | None
-) -> tuple[list[StepLog], int]:
+) -> tuple[list[StepLog], int, float]:
     """The optimizer steps after those in `history` (a resumed run has some); returns the full
-    step log and the real tokens processed by this call (all processes). With a `store`
+    step log, the real tokens processed by this call (all processes) and the seconds they were
+    expected to take (`_expected_seconds`). With a `store`
     (`train.checkpoint_every` > 0), a checkpoint is saved every that many steps and after the
     last one."""
     tp = run.params.train
@@ -420,6 +465,7 @@ def _run_steps(
     history = list(history)
     tokens = torch.zeros((), dtype=torch.long, device=run.accelerator.device)
     main = run.accelerator.is_main_process
+    expected = _expected_seconds(run, micro_batches)
     bar = tqdm(schedule[first:], desc="train", unit="step", disable=not main)
     for step, indices in enumerate(bar, start=first + 1):
         micro = micro_batches[step - 1 - first]
@@ -440,7 +486,49 @@ def _run_steps(
             )
         if store is not None and (step % tp.checkpoint_every == 0 or step == len(schedule)):
             store.save(run.accelerator, run.tokenizer, step, [asdict(h) for h in history])
-    return history, int(run.accelerator.reduce(tokens, "sum").item())
+    return history, int(run.accelerator.reduce(tokens, "sum").item()), expected
+
+
+def _expected_seconds(run: TrainingRun, micro_batches: list[list[np.ndarray]]) -> float:
+    """Time one forward + backward of this process's median-length micro-batch (gradients
+    discarded, so training is unchanged) and log how long the run will take at that rate.
+
+    Step time is close to linear in the computed tokens at these lengths (attention is a small
+    share of the FLOPs below ~4K tokens), so the estimate is seconds per token × the padded
+    tokens of every micro-batch ahead. An untimed forward pass of the same micro-batch first
+    absorbs one-time set-up (oneDNN kernels for these shapes, the allocator), which would
+    otherwise inflate the rate (by ~20% in bf16).
+    """
+    examples, encoder = run.inputs.train_examples, run.inputs.encoder
+    flat = [m for step in micro_batches for m in step]
+    if not flat:
+        return 0.0
+    n_tokens = np.array([e.n_tokens for e in examples])
+    padded = np.array([len(m) * n_tokens[m].max() for m in flat])
+    median = int(np.argsort(padded)[len(padded) // 2])
+    batch = collate([encoder.ids(examples[i]) for i in flat[median]], run.pad_id)
+    device = run.accelerator.device
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    labels = batch.labels.to(device)
+    with torch.no_grad(), run.accelerator.autocast():  # untimed: builds the kernels
+        run.loss_fn(ids, mask, labels)
+    started = time.perf_counter()
+    with run.accelerator.no_sync(run.loss_fn), run.accelerator.autocast():
+        run.accelerator.backward(run.loss_fn(ids, mask, labels))
+    timed = time.perf_counter() - started
+    run.optimizer.zero_grad(set_to_none=True)
+    per_token = timed / padded[median]
+    seconds = float(per_token * padded.sum())
+    log.info(
+        "expected training time here: ~%.1f min (%d micro-batches, %d tokens at %.0f tokens/s, "
+        "from one timed micro-batch of %d tokens); the bar's ETA refines it",
+        seconds / 60,
+        len(flat),
+        padded.sum(),
+        1 / per_token,
+        padded[median],
+    )
+    return seconds
 
 
 def _micro_batches(
@@ -515,7 +603,11 @@ def _optimizer_step(
 
 
 def _validate(
-    run: TrainingRun, history: list[StepLog], n_tokens: int, wall: float, mlflow: Any
+    run: TrainingRun,
+    history: list[StepLog],
+    n_tokens: int,
+    seconds: tuple[float, float],
+    mlflow: Any,
 ) -> TrainResult:
     """Validation loss after the last step, the run's summary, logged and sent to MLflow."""
     val_loss = evaluate(
@@ -526,11 +618,12 @@ def _validate(
         run.pad_id,
         run.accelerator,
     )
-    result = TrainResult(run.plan, history, val_loss, n_tokens, wall)
+    result = TrainResult(run.plan, history, val_loss, n_tokens, *seconds)
     log.info(
-        "trained %d steps in %.0f s (%.0f tokens/s): final loss %.4f, val loss %s",
+        "trained %d steps in %.0f s (expected %.0f s; %.0f tokens/s): final loss %.4f, val loss %s",
         len(history),
-        wall,
+        result.wall_seconds,
+        result.expected_seconds,
         result.tokens_per_second,
         result.final_loss,
         "n/a" if val_loss is None else f"{val_loss:.4f}",
@@ -582,6 +675,7 @@ def _summary_metrics(result: TrainResult) -> dict[str, float]:
         "tokens_per_second": result.tokens_per_second,
         "padding_fraction": float(np.mean([h.padding_fraction for h in result.history])),
         "wall_seconds": result.wall_seconds,
+        "expected_seconds": result.expected_seconds,
         "global_batch_size": result.plan.global_batch_size,
         "gradient_accumulation": result.plan.gradient_accumulation,
     }
@@ -629,6 +723,8 @@ def write_outputs(
         "examples": result.plan.n_examples,
         "tokens_per_second": round(result.tokens_per_second, 1),
         "wall_seconds": round(result.wall_seconds, 1),
+        "expected_seconds": round(result.expected_seconds, 1),
+        "compute": compute_settings(run.accelerator),
     }
     write_json(outputs.metrics, metrics)
     with atomic_file(outputs.loss_csv) as tmp, tmp.open("w", newline="") as f:
