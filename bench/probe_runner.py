@@ -8,7 +8,8 @@ probe task's real data: one context of each length built by
 `in2.probing.tasks.build_probes` from the held-out documents, its first `--queries` queries
 (positions spread over the context).
   - shared: `in2.probing.local.generate_shared`, what the probe stage runs: the context is
-    prefilled once and its key/value states serve every query (suffixes batched, `probe.batch_size` per batch);
+    prefilled once and its key/value states serve every query (suffixes batched,
+    `probe.batch_size` per batch);
   - naive: `model.generate` on `prefix + context + suffix` for each query separately (greedy).
 Both decode greedily up to the task's `probe.max_new_tokens` and must give identical token ids
 (the run stops otherwise). The two variants alternate `--repeats` times; wall times are medians.
