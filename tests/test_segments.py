@@ -1,12 +1,30 @@
 """Segmenting: the tail policy, compact token ids, and gathering a context's ids."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from in2.data.segments import SegmentStore, cut, segment_documents, token_dtype
+from in2.data.corpus import SCHEMA
+from in2.data.segments import (
+    INDEX_FILE,
+    TOKENS_FILE,
+    SegmentStore,
+    TokenFile,
+    cut,
+    segment_documents,
+    token_dtype,
+)
+from in2.data.units import UNITS_FILE, append_units, render_units
 from in2.model import load_tokenizer
 from in2.params import SegmentParams
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_cut_drops_a_short_tail():
@@ -86,3 +104,63 @@ def test_a_token_file_that_is_not_flat_is_refused(tmp_path):
 def test_segment_store_missing_files_say_which_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `dvc repro segment`"):
         SegmentStore.open(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_token_file_is_what_np_save_writes(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    chunks = [rng.integers(0, 40_000, size=n).astype(dtype) for n in (0, 5, 1000, 1)]
+    with TokenFile(tmp_path / "streamed.npy", np.dtype(dtype)) as tokens:
+        for chunk in chunks[:2]:
+            tokens.append(chunk)
+        view = tokens.view()  # mapped, not read: the file is not read into memory
+        assert view.tolist() == chunks[1].tolist() and not view.flags.writeable
+        for chunk in chunks[2:]:
+            tokens.append(chunk)
+    np.save(tmp_path / "saved.npy", np.concatenate(chunks))
+    assert (tmp_path / "streamed.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
+    with TokenFile(tmp_path / "empty.npy", np.dtype(dtype)):
+        pass
+    np.save(tmp_path / "saved.npy", np.zeros(0, dtype=dtype))
+    assert (tmp_path / "empty.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
+
+
+def test_stage_streams_to_the_files_segment_documents_gives_in_memory(tiny_model_dir, tmp_path):
+    """1,300 documents (three read batches; titled ones give units): the stage's files are byte
+    for byte those of segmenting the whole table in memory, then np.save / to_parquet."""
+    n = 1300
+    docs = pd.DataFrame(
+        {
+            "doc_id": [f"local-{i:016x}" for i in range(n)],
+            "title": [f"Title {i}" if i % 3 else "" for i in range(n)],
+            "text": [f"Title {i} is a thing. " + "word " * (i % 97) for i in range(n)],
+            "description": [f"thing {i}" if i % 5 else "" for i in range(n)],
+            "source": "local:docs.jsonl",
+        }
+    )
+    (tmp_path / "data/corpus").mkdir(parents=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/base").symlink_to(tiny_model_dir)
+    docs.to_parquet(tmp_path / "data/corpus/train.parquet", index=False, schema=SCHEMA)
+    params = {"segment": {"length": 16, "min_tokens": 4, "units": ["record", "entry"]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "segment.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    tok = load_tokenizer(tiny_model_dir)
+    tokens, index, _ = segment_documents(docs, tok, SegmentParams(length=16, min_tokens=4))
+    units = render_units(docs, ["record", "entry"], seed=0)
+    tokens, index, table = append_units(tokens, index, units, tok)
+    (tmp_path / "memory").mkdir()
+    np.save(tmp_path / "memory" / TOKENS_FILE, tokens)
+    index.to_parquet(tmp_path / "memory" / INDEX_FILE, index=False)
+    table.to_parquet(tmp_path / "memory" / UNITS_FILE, index=False)
+    assert len(table) > 0 and len(index) > n
+    for name in (TOKENS_FILE, INDEX_FILE, UNITS_FILE):
+        streamed = (tmp_path / "data/segments" / name).read_bytes()
+        assert streamed == (tmp_path / "memory" / name).read_bytes(), name
