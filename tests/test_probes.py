@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,12 +16,14 @@ import pytest
 
 from in2.model import load_tokenizer
 from in2.outputs import read_jsonl
-from in2.params import ProbeParams
-from in2.probing.build import build_probes, build_task, write_probes
+from in2.params import InputError, ProbeParams
+from in2.probing.build import Pool, Provenance, build_probes, build_task, write_probes
+from in2.probing.fallback import WIKI_OFFLINE, wiki_offline_documents
 from in2.probing.tasks import Item, ProbeSources, load_entities, load_functions, split_sentences
 from in2.prompting import PromptEncoder
 from in2.registry import PROBE_TASKS
 
+REPO = Path(__file__).resolve().parents[1]
 WORDS = [
     *("river", "stone", "light", "music", "paper", "garden", "window", "city", "forest"),
     *("winter", "market", "bridge", "letter", "silver", "engine", "harbor", "castle"),
@@ -89,6 +95,10 @@ def build(sources: ProbeSources, encoder: PromptEncoder, seed: int = 0) -> dict:
     return build_probes(sources, encoder, PARAMS.tasks, PARAMS.context_tokens, 2, seed)
 
 
+def pool(items: list[Item]) -> Pool:
+    return Pool(items, Provenance("test", {"test": len(items)}))
+
+
 def test_output_contract_and_stats(
     sources: ProbeSources, encoder: PromptEncoder, tmp_path: Path
 ) -> None:
@@ -145,7 +155,7 @@ def test_every_set_holds_the_same_number_of_items(encoder: PromptEncoder) -> Non
         PROBE_TASKS["document"], name="toy", render="{text}", answer={"completion": "text"}
     )
     items = [Item({"text": f"item{i} " + "word " * (i % 9)}, (f"item{i} ",)) for i in range(200)]
-    sets = build_task(spec, items, encoder, 60, 6, np.random.default_rng(0))
+    sets = build_task(spec, pool(items), encoder, 60, 6, np.random.default_rng(0))
     assert len({s.context["n_items"] for s in sets}) == 1
     for s in sets:
         n = s.context["n_items"]
@@ -171,7 +181,7 @@ def test_ambiguous_keywords_are_never_asked(encoder: PromptEncoder) -> None:
         Item({"text": "gamma unique"}, ("gamma",)),
     ]
     rng = np.random.default_rng(0)
-    (s,) = build_task(spec, items, encoder, context_tokens=1000, n_sets=1, rng=rng)
+    (s,) = build_task(spec, pool(items), encoder, context_tokens=1000, n_sets=1, rng=rng)
     text = s.context["text"]
     assert s.context["n_items"] == 3
     asked = {text.split("\n")[q["position_id"]].split()[0]: q["keyword"] for q in s.queries}
@@ -184,7 +194,7 @@ def test_too_small_budget_is_a_clear_error(sources: ProbeSources, encoder: Promp
     with pytest.raises(
         ValueError, match=r"a context of 3 tokens \(probe\.context_tokens\) is too small"
     ):
-        build_task(PROBE_TASKS["document"], items, encoder, 3, 1, np.random.default_rng(0))
+        build_task(PROBE_TASKS["document"], pool(items), encoder, 3, 1, np.random.default_rng(0))
 
 
 def test_code_loader_skips_tests_nested_defs_and_short_names(sources: ProbeSources) -> None:
@@ -211,3 +221,91 @@ def test_split_sentences_keeps_initials_together() -> None:
         "It stars Keir Dullea.",
         "Done!",
     ]
+
+
+def untitled_corpus() -> pd.DataFrame:
+    """The tiny corpus as a local corpus of plain texts gives it: no title, no description."""
+    return tiny_corpus().assign(title="", description="", source="local:docs.jsonl")
+
+
+def test_a_corpus_without_titles_draws_entities_from_the_wiki_offline_package(
+    sources: ProbeSources, encoder: PromptEncoder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="in2.probing.build"):
+        probes = build(replace(sources, heldout=untitled_corpus(), fallback=WIKI_OFFLINE), encoder)
+    write_probes(probes, tmp_path / "probes")
+    stats = json.loads((tmp_path / "probes" / "stats.json").read_text())
+    wiki = wiki_offline_documents()
+    n_wiki = len(load_entities(ProbeSources(wiki), np.random.default_rng(0)))
+    assert n_wiki == 9862  # the package's titles with a description, each once
+    assert stats["database"]["source"] == "wiki_offline package"
+    assert stats["database"]["items_by_source"] == {"heldout": 0, "wiki_offline package": n_wiki}
+    # the prose and the code need no title: they keep their own material
+    assert (stats["document"]["source"], stats["document"]["items_by_source"]) == (
+        "heldout",
+        {"heldout": 90},
+    )
+    assert stats["code"]["source"] == "stdlib"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "in2.probing.build"]
+    assert warnings == [
+        f"database probe: 0 items from heldout cannot fill a {TARGET}-token context; "
+        f"its {n_wiki} items come from wiki_offline package"
+    ]
+    labels = dict(zip(wiki["title"].str.strip(), wiki["description"].str.strip(), strict=True))
+    queries = [q for s in probes["database"] for q in s.queries]
+    assert queries and all(labels[q["label"]] == q["description"] for q in queries)
+
+
+def test_a_wiki_offline_corpus_never_falls_back_on_its_own_package(
+    sources: ProbeSources, encoder: PromptEncoder
+) -> None:
+    """Its other articles are training data: a held-out split too small is an error instead."""
+    small = replace(sources, heldout=tiny_corpus(3).assign(source="wiki_offline"))
+    with pytest.raises(InputError) as err:
+        build_probes(replace(small, fallback=WIKI_OFFLINE), encoder, ["database"], [TARGET], 1, 0)
+    assert str(err.value) == (
+        f"database probe: 3 items from heldout cannot fill one {TARGET}-token context "
+        "(probe.context_tokens); lower probe.context_tokens or give it more held-out documents "
+        "with a title and a description (corpus.heldout_fraction); wiki_offline package is no "
+        "fallback: the corpus is read from it"
+    )
+
+
+def test_too_few_items_and_no_fallback_is_one_line(
+    sources: ProbeSources, encoder: PromptEncoder, tmp_path: Path
+) -> None:
+    no_code = replace(sources, code_root=tmp_path)
+    with pytest.raises(InputError) as err:
+        build_probes(no_code, encoder, ["code"], [TARGET], 1, 0)
+    assert str(err.value) == (
+        f"code probe: 0 items from stdlib cannot fill one {TARGET}-token context "
+        "(probe.context_tokens); lower probe.context_tokens or give it more Python files "
+        "(the standard library's .py sources)"
+    )
+
+
+def test_the_stage_reports_too_few_items_in_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`stages/probe_data.py` on a wiki_offline corpus whose held-out split is too small: exit 2
+    and one line naming the task, the count, the source and what to do; no traceback."""
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "base")
+    (tmp_path / "data" / "corpus").mkdir(parents=True)
+    tiny_corpus(3).assign(source="wiki_offline").to_parquet(
+        tmp_path / "data" / "corpus" / "heldout.parquet"
+    )
+    params = {"probe": {"tasks": ["database"], "context_tokens": TARGET, "sets_per_task": 1}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "probe_data.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        f"error: database probe: 3 items from heldout cannot fill one {TARGET}-token context "
+        "(probe.context_tokens); lower probe.context_tokens or give it more held-out documents "
+        "with a title and a description (corpus.heldout_fraction); wiki_offline package is no "
+        "fallback: the corpus is read from it"
+    )
+    assert not (tmp_path / "data" / "probes").exists()

@@ -1,5 +1,6 @@
 """The QA interface (candidates, registry, rows) and the offline `template` generator."""
 
+import logging
 import random
 
 import pandas as pd
@@ -7,7 +8,7 @@ import pytest
 
 from in2.params import QAParams
 from in2.qa.pairs import COLUMNS, QAStats, select_candidates
-from in2.qa.template import find_cue, generate_template_qa
+from in2.qa.template import find_cue, generate_template_qa, redistribute
 from in2.registry import QA_GENERATORS
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the old river bank today."
@@ -109,3 +110,62 @@ def test_registry_resolves_every_generator():
     assert callable(QA_GENERATORS["openai"])
     with pytest.raises(KeyError, match="unknown QA generator 'nope'"):
         QA_GENERATORS["nope"]
+
+
+def prose_frame(n_docs=30, per_doc=3):
+    """Prose segments of four 14-word sentences of unique words, and no record unit: what a
+    corpus without titles gives."""
+    rows, sid = [], 0
+    for d in range(n_docs):
+        for j in range(per_doc):
+            text = " ".join(
+                f"S{i} " + " ".join(f"d{d}s{j}i{i}w{k}" for k in range(13)) + "." for i in range(4)
+            )
+            rows.append(
+                {
+                    "seg_id": sid,
+                    "doc_id": f"doc{d}",
+                    "index_in_doc": j,
+                    "text": text,
+                    "unit": "text",
+                }
+            )
+            sid += 1
+    return pd.DataFrame(rows)
+
+
+DEFAULT_TASKS = {"continuation": 0.1, "quote": 0.3, "record": 0.3, "entry": 0.3}
+
+
+def test_without_record_units_their_share_goes_to_the_prose_tasks(caplog):
+    with caplog.at_level(logging.WARNING, logger="in2.qa.template"):
+        qa, st = generate_template_qa(prose_frame(), QAParams(tasks=DEFAULT_TASKS), seed=0)
+    # 90 continuations and 90 quotes in the shares 0.1 : 0.3 -> 0.25 : 0.75: 30 + 90
+    assert st.accepted == {
+        "fine_grained": 120,
+        "fine_grained:continuation": 30,
+        "fine_grained:quote": 90,
+        "fine_grained:record": 0,
+        "fine_grained:entry": 0,
+        "fine_grained:redistributed": 120 - 12 - 36,  # beyond the prose tasks' own 0.1 and 0.3
+        "integration": 30,
+    }
+    assert (qa["kind"] == "fine_grained").sum() == 120
+    assert [r.getMessage() for r in caplog.records if r.name == "in2.qa.template"] == [
+        "qa (template): no record or entry pair (segment.units renders no unit for a document "
+        "without a title); their share of 0.60 goes to continuation, quote: "
+        "{'continuation': 0.25, 'quote': 0.75}"
+    ]
+
+
+def test_redistribute_moves_only_the_shares_of_tasks_without_pairs():
+    shares = {"continuation": 0.2, "quote": 0.2, "record": 0.6, "entry": 0.0}
+    assert redistribute({"continuation": [{}], "quote": [{}]}, shares) == {
+        "continuation": 0.5,
+        "quote": 0.5,
+        "record": 0.0,
+        "entry": 0.0,
+    }
+    every = {"continuation": [{}], "quote": [{}], "record": [{}]}
+    assert redistribute(every, shares) is shares
+    assert redistribute({}, shares) is shares  # nothing to move to: the mix stays empty

@@ -12,6 +12,7 @@ from in2.data.units import (
     KEY_LETTERS,
     RECORD_LAYOUTS,
     TEXT_UNIT,
+    UNIT_COLUMNS,
     append_units,
     make_keys,
     render_units,
@@ -95,6 +96,20 @@ def test_append_units_keeps_seg_id_the_row_number():
     # doc000 has no description (no record); doc001's record follows its segment, doc002 has none
     assert list(full["doc_id"].iloc[2:]) == ["doc001", "doc002"]
     assert list(full["index_in_doc"].iloc[2:]) == [1, 0]
+
+
+def test_documents_without_titles_give_no_unit_and_append_nothing():
+    """A local corpus of plain texts (no title, no description): prose segments only, so the
+    QA template passes the record and entry shares on (tests/test_qa_template.py)."""
+    untitled = docs().assign(title="", description="")
+    assert render_units(untitled, ["record", "entry"], seed=0) == []
+    tokens = np.arange(4, dtype=np.uint16)
+    index = pd.DataFrame(
+        {"seg_id": [0], "doc_id": ["doc000"], "start": [0], "n_tokens": [4], "index_in_doc": [0]}
+    )
+    flat, full, table = append_units(tokens, index, [], CharTokenizer())
+    assert flat is tokens and list(full["unit"]) == [TEXT_UNIT]
+    assert table.empty and list(table.columns) == UNIT_COLUMNS
 
 
 def test_quote_pair_takes_a_whole_inner_sentence():

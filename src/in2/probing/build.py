@@ -6,6 +6,10 @@ items as fit into a context (counted with the same tokenization the runner uses)
 about each position with the first candidate keyword of its item that occurs exactly once in that
 context (the paper skips ambiguous queries; trying the other candidates first loses fewer
 positions). Written as `data/probes/<task>/{contexts,queries}.jsonl` and `stats.json`.
+
+Offline items come from the held-out documents unless they cannot fill the longest context (a
+corpus without titles or descriptions has no entity): then from the task's fallback material, and
+`stats.json` says which (`load_pool`).
 """
 
 from __future__ import annotations
@@ -13,18 +17,42 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from in2.outputs import atomic_dir, read_jsonl, write_json, write_jsonl
-from in2.probing.tasks import Item, ProbeSources, TaskSpec
+from in2.params import InputError
+from in2.probing.tasks import Item, ItemSource, Loader, ProbeSources, TaskSpec
 from in2.prompting import PromptEncoder
 from in2.registry import PROBE_TASKS
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a task's items came from, for `stats.json`: a fallback must never go unnoticed."""
+
+    source: str
+    """The material drawn from (`heldout`, `stdlib`, `pieces`, `wiki_offline package`)."""
+    items_by_source: dict[str, int]
+    """Items each material tried gave, in the order tried; the last one is `source`."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The items a task's sets are drawn from (never none: `load_pool` says why there are none),
+    and their provenance."""
+
+    items: list[Item]
+    provenance: Provenance
+
+    def __post_init__(self) -> None:
+        if not self.items:  # an empty pool would make `_stream` loop forever
+            raise ValueError(f"an empty pool of {self.provenance.source} items")
 
 
 @dataclass(frozen=True)
@@ -35,6 +63,74 @@ class ProbeSet:
     queries: list[dict[str, Any]]
     n_skipped: int
     """Positions not asked because none of their keywords is unique in the context."""
+    provenance: Provenance
+
+
+def source_name(loader: ItemSource | Loader, kind: str) -> str:
+    """The name of a loader's material; a plain loader (a plug-in task) is named by its kind."""
+    return loader.name if isinstance(loader, ItemSource) else kind
+
+
+def fills(items: list[Item], spec: TaskSpec, encoder: PromptEncoder, target: int) -> bool:
+    """Whether the items that fit a `target`-token context hold that many tokens together; only
+    as many items are tokenized as it takes to know."""
+    total = 0
+    for item in items:
+        cost = len(encoder.context(spec.separator + spec.render.format(**item.fields)))
+        total += cost if cost <= target else 0
+        if total >= target:
+            return True
+    return False
+
+
+def _tried(found: dict[str, int]) -> str:
+    """`0 items from heldout and 9862 from wiki_offline package`."""
+    (first, n_first), *rest = found.items()
+    return " and ".join([f"{n_first} items from {first}", *(f"{n} from {m}" for m, n in rest)])
+
+
+def load_pool(
+    spec: TaskSpec, sources: ProbeSources, encoder: PromptEncoder, target: int, seed: int
+) -> Pool:
+    """The task's items: from its loader of `sources.kind`, unless offline items cannot fill a
+    `target`-token context; then from the fallback documents, unless the corpus holds them too
+    (its other documents are training data).
+
+    The paper's pieces are used however few they are (a context holds what there is); too few
+    offline items are an error naming the task, the counts, the sources and what to do.
+    """
+    primary = spec.loaders[sources.kind]
+    name = source_name(primary, sources.kind)
+    items = primary(sources, task_rng(seed, spec.name))
+    found = {name: len(items)}
+    enough = bool(items) if sources.kind == "pieces" else fills(items, spec, encoder, target)
+    if enough:
+        return Pool(items, Provenance(name, found))
+    fallback, note = sources.fallback, ""
+    if sources.kind == "offline" and fallback is not None and spec.fallback is not None:
+        docs = fallback.read()
+        if sources.corpus_sources.isdisjoint(docs["source"]):
+            items = spec.fallback(replace(sources, heldout=docs), task_rng(seed, spec.name))
+            found[fallback.name] = len(items)
+            if fills(items, spec, encoder, target):
+                log.warning(
+                    "%s probe: %d items from %s cannot fill a %d-token context; its %d items "
+                    "come from %s",
+                    spec.name,
+                    found[name],
+                    name,
+                    target,
+                    len(items),
+                    fallback.name,
+                )
+                return Pool(items, Provenance(fallback.name, found))
+        else:
+            note = f"; {fallback.name} is no fallback: the corpus is read from it"
+    needs = primary.needs if isinstance(primary, ItemSource) else "items"
+    raise InputError(
+        f"{spec.name} probe: {_tried(found)} cannot fill one {target}-token context "
+        f"(probe.context_tokens); lower probe.context_tokens or give it more {needs}{note}"
+    )
 
 
 def _stream(n: int, rng: np.random.Generator) -> Iterator[int]:
@@ -72,7 +168,7 @@ def _pack(
         else:
             too_big += 1  # longer than a whole context on its own: never usable
     if not chosen:
-        raise ValueError(
+        raise InputError(
             f"a context of {target} tokens (probe.context_tokens) is too small for any "
             f"{spec.name} item; raise that length"
         )
@@ -87,7 +183,7 @@ def _pack(
 
 def build_task(
     spec: TaskSpec,
-    items: list[Item],
+    pool: Pool,
     encoder: PromptEncoder,
     context_tokens: int,
     n_sets: int,
@@ -102,8 +198,7 @@ def build_task(
     A position is asked with the first keyword of its item that occurs in the item and nowhere
     else in the context, so the question points at exactly one item.
     """
-    if not items:
-        raise ValueError(f"no items for the {spec.name} probe; check its source material")
+    items = pool.items
     stream, pending = _stream(len(items), rng), []
     packed = [_pack(items, spec, encoder, context_tokens, stream, pending) for _ in range(n_sets)]
     n_items = min(len(chosen) for chosen, _, _ in packed)
@@ -141,7 +236,7 @@ def build_task(
             "n_tokens": n_tokens,
             "n_items": len(chosen),
         }
-        sets.append(ProbeSet(context, queries, skipped))
+        sets.append(ProbeSet(context, queries, skipped, pool.provenance))
     return sets
 
 
@@ -164,12 +259,12 @@ def build_probes(
     probes = {}
     for name in tasks:
         spec: TaskSpec = PROBE_TASKS[name]
-        items = spec.loaders[sources.kind](sources, task_rng(seed, name))
+        pool = load_pool(spec, sources, encoder, max(context_tokens), seed)
         probes[name] = [
             probe_set
             for target in context_tokens
             for probe_set in build_task(
-                spec, items, encoder, target, n_sets, task_rng(seed, name, target)
+                spec, pool, encoder, target, n_sets, task_rng(seed, name, target)
             )
         ]
         n_queries = sum(len(s.queries) for s in probes[name])
@@ -178,8 +273,8 @@ def build_probes(
             "%s: %d %s items in the pool, %d sets at each of %s tokens, %d queries, "
             "%d ambiguous positions skipped",
             name,
-            len(items),
-            sources.kind,
+            len(pool.items),
+            pool.provenance.source,
             n_sets,
             list(context_tokens),
             n_queries,
@@ -189,9 +284,12 @@ def build_probes(
 
 
 def probe_stats(probes: Mapping[str, list[ProbeSet]]) -> dict[str, Any]:
-    """Item and query counts per task and set (`data/probes/stats.json`)."""
+    """Where the items came from, item and query counts per task and set
+    (`data/probes/stats.json`)."""
     return {
         name: {
+            "source": sets[0].provenance.source,
+            "items_by_source": sets[0].provenance.items_by_source,
             "n_queries": sum(len(s.queries) for s in sets),
             "sets": [
                 {

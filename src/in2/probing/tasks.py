@@ -4,8 +4,10 @@ A task is one `TaskSpec`, named in the registry in2.registry.PROBE_TASKS (lm-eva
 style): how an item reads in the context, the question, which item fields are the answer, the
 metric and its strict variant, the answer's decoding budget, and one loader of its items per
 source of raw material (`SOURCES`): `offline` (held-out documents and the standard library, the
-default) or `pieces` (the paper's released pieces, a folder given by params `probe.pieces`). The
-builder (in2.probing.build) and the runners need nothing else.
+default) or `pieces` (the paper's released pieces, a folder given by params `probe.pieces`), and
+a loader over fallback documents for when the held-out ones cannot fill a context (a corpus
+without titles or descriptions; in2.probing.fallback). The builder (in2.probing.build) and the
+runners need nothing else.
 
 Tasks (paper, arXiv 2404.16811, section 4): document sentence retrieval (bi-directional), code
 function retrieval (backward), database entity retrieval (forward). Item fields keep the names of
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from in2.params import ProbeParams
+from in2.params import InputError, ProbeParams
 from in2.registry import PROBE_TASKS
 
 PIECE_WORDS = 8
@@ -46,20 +48,41 @@ SOURCES = ("offline", "pieces")
 
 
 @dataclass(frozen=True)
+class FallbackDocuments:
+    """Documents the offline tasks draw from when the held-out ones cannot fill a context (a
+    corpus without titles or descriptions): in2.probing.fallback."""
+
+    name: str
+    """As `data/probes/stats.json` and the log name it (`wiki_offline package`)."""
+    read: Callable[[], pd.DataFrame]
+    """The documents (columns title, text, description, source), read only when needed."""
+
+
+@dataclass(frozen=True)
 class ProbeSources:
     """Raw material the task loaders draw from."""
 
     heldout: pd.DataFrame
-    """Held-out documents (columns title, text, description): never seen in training."""
+    """Held-out documents (columns title, text, description, and source when known): never seen
+    in training."""
     code_root: Path = field(default_factory=lambda: Path(sysconfig.get_paths()["stdlib"]))
     """Folder of Python files for the code task: the running interpreter's standard library."""
     pieces: Path | None = None
     """Folder of the paper's pieces (`PIECES_HELP`); when set, every task loads from it."""
+    fallback: FallbackDocuments | None = None
+    """Documents of the tasks' `fallback` loaders; None: no fallback."""
 
     @property
     def kind(self) -> str:
         """Which loader of each task reads these sources (a key of `SOURCES`)."""
         return "offline" if self.pieces is None else "pieces"
+
+    @property
+    def corpus_sources(self) -> frozenset[str]:
+        """The `source` of the held-out documents: which corpus they were read from."""
+        if "source" not in self.heldout:
+            return frozenset()
+        return frozenset(self.heldout["source"].astype(str))
 
 
 @dataclass(frozen=True)
@@ -71,6 +94,19 @@ class Item:
 
 
 Loader = Callable[[ProbeSources, np.random.Generator], list[Item]]
+
+
+@dataclass(frozen=True)
+class ItemSource:
+    """A loader named after its material, as `data/probes/stats.json` and the log name it."""
+
+    name: str
+    load: Loader
+    needs: str
+    """What more items take, as a too-few-items error advises: "give it more <needs>"."""
+
+    def __call__(self, sources: ProbeSources, rng: np.random.Generator) -> list[Item]:
+        return self.load(sources, rng)
 
 
 @dataclass(frozen=True)
@@ -96,11 +132,14 @@ class TaskSpec:
     """Its strict variant, reported beside it and labelled "strict" (docs/probing.md)."""
     max_new_tokens: int
     """Greedy decoding budget of an answer, unless `probe.max_new_tokens` names the task."""
-    loaders: Mapping[str, Loader]
+    loaders: Mapping[str, ItemSource | Loader]
     """Source kind (`SOURCES`) -> loader of the task's items from that material."""
+    fallback: Loader | None = None
+    """Loader of the items from `ProbeSources.fallback` (read as held-out documents), when the
+    `offline` loader's items cannot fill a context."""
 
 
-# --- document: sentences of held-out Wikipedia articles --------------------------------------
+# --- document: sentences of the held-out documents ------------------------------------------
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _ABBREVIATION = re.compile(r"(?:\b[A-Z]|\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Mt|No|vs|Inc|Ltd|Co))\.$")
@@ -197,7 +236,7 @@ def load_functions(sources: ProbeSources, rng: np.random.Generator) -> list[Item
     return items
 
 
-# --- database: held-out Wikipedia titles and short descriptions, with made-up ids -----------
+# --- database: titles and short descriptions of held-out documents, with made-up ids -------
 
 
 def load_entities(sources: ProbeSources, rng: np.random.Generator) -> list[Item]:
@@ -241,14 +280,14 @@ def read_pieces(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(
+                raise InputError(
                     f"{path}, line {line_no}: not valid JSON ({e}); {PIECES_HELP}"
                 ) from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {line_no}: not a JSON object; {PIECES_HELP}")
+                raise InputError(f"{path}, line {line_no}: not a JSON object; {PIECES_HELP}")
             for key in required:
                 if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise ValueError(
+                    raise InputError(
                         f"{path}, line {line_no}: no text in required key '{key}' "
                         f"(each row needs {', '.join(required)}); {PIECES_HELP}"
                     )
@@ -276,6 +315,11 @@ def pieces_loader(file: str, fields: tuple[str, ...], keyword: str) -> Loader:
     return load
 
 
+def pieces_source(file: str, fields: tuple[str, ...], keyword: str) -> ItemSource:
+    """The `pieces` material of a task: one file of the probe.pieces folder."""
+    return ItemSource("pieces", pieces_loader(file, fields, keyword), f"rows in {file}")
+
+
 DOCUMENT = TaskSpec(
     name="document",
     title="Document sentence retrieval",
@@ -287,10 +331,15 @@ DOCUMENT = TaskSpec(
     metric="word_recall",
     strict_metric="word_recall_beyond_keyword",
     loaders={
-        "offline": load_sentences,
-        "pieces": pieces_loader("document_sentences.jsonl", ("sentence",), "piece"),
+        "offline": ItemSource(
+            "heldout",
+            load_sentences,
+            "held-out documents with sentences of 12-60 words (corpus.heldout_fraction)",
+        ),
+        "pieces": pieces_source("document_sentences.jsonl", ("sentence",), "piece"),
     },
     max_new_tokens=48,
+    fallback=load_sentences,
 )
 
 CODE = TaskSpec(
@@ -304,8 +353,10 @@ CODE = TaskSpec(
     metric="name_match",
     strict_metric="name_match",  # the question shows a body line, not the name
     loaders={
-        "offline": load_functions,
-        "pieces": pieces_loader(
+        "offline": ItemSource(
+            "stdlib", load_functions, "Python files (the standard library's .py sources)"
+        ),
+        "pieces": pieces_source(
             "code_functions.jsonl", ("function_name", "function_define"), "piece"
         ),
     },
@@ -323,10 +374,15 @@ DATABASE = TaskSpec(
     metric="relaxed_match",
     strict_metric="label_match",
     loaders={
-        "offline": load_entities,
-        "pieces": pieces_loader("database_entities.jsonl", ("id", "label", "dcpt"), "id"),
+        "offline": ItemSource(
+            "heldout",
+            load_entities,
+            "held-out documents with a title and a description (corpus.heldout_fraction)",
+        ),
+        "pieces": pieces_source("database_entities.jsonl", ("id", "label", "dcpt"), "id"),
     },
     max_new_tokens=32,
+    fallback=load_entities,
 )
 
 

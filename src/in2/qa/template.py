@@ -13,7 +13,9 @@ a question never becomes ambiguous because a filler quotes the same words.
 
 Besides continuations, the fine-grained pairs can be sentence quotes and lookups over record
 units (in2.qa.lookup); `qa.tasks` sets each task's share of the fine-grained pairs
-(`balance_tasks`).
+(`balance_tasks`). A task that gives no pair at all (`record` and `entry` over a corpus without
+titles, which has no record units) passes its share to the tasks that have pairs
+(`redistribute`), with a warning and a count in the metrics, rather than emptying the mix.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from in2.qa.pairs import Gold, QAStats, pair_digest, qa_frame, qa_row, select_ca
 log = logging.getLogger(__name__)
 
 GENERATOR = "template-v1"
+UNITS_NEED_TITLES = " (segment.units renders no unit for a document without a title)"
 _SENTENCE_END = (".", "!", "?")
 
 
@@ -113,6 +116,45 @@ def balance_tasks(
     return kept
 
 
+def redistribute(pairs: dict[str, list[dict]], shares: dict[str, float]) -> dict[str, float]:
+    """Shares with those of the tasks without any pair moved to the tasks with pairs, in
+    proportion to their own shares; unchanged when every task has pairs, or none has."""
+    have = {t: f for t, f in shares.items() if f > 0 and pairs.get(t)}
+    if not have or len(have) == sum(f > 0 for f in shares.values()):
+        return shares
+    total = sum(have.values())
+    return {t: have.get(t, 0.0) / total for t in shares}
+
+
+def _balanced(
+    fine: dict[str, list[dict]], params: QAParams, seed: int, stats: QAStats
+) -> list[dict]:
+    """The fine-grained pairs in the task shares (redistributed if a task has no pair), with
+    their counts in `stats`: per task, and `fine_grained:redistributed`, the pairs that stand in
+    for the share of the tasks without pairs."""
+    shares = redistribute(fine, params.tasks)
+    rows = []
+    for task, kept in balance_tasks(fine, shares, seed).items():
+        rows.extend(kept)
+        stats.accepted[f"fine_grained:{task}"] = len(kept)
+    if shares != params.tasks:
+        empty = [t for t, f in params.tasks.items() if f > 0 and not shares[t]]
+        why = UNITS_NEED_TITLES if set(empty) <= {"record", "entry"} else ""
+        log.warning(
+            "qa (template): no %s pair%s; their share of %.2f goes to %s: %s",
+            " or ".join(empty),
+            why,
+            sum(params.tasks[t] for t in empty),
+            ", ".join(t for t, f in shares.items() if f > 0),
+            {t: round(f, 4) for t, f in shares.items() if f > 0},
+        )
+        for task in empty:
+            stats.accepted[f"fine_grained:{task}"] = 0
+        own = sum(round(len(rows) * params.tasks[t]) for t, f in shares.items() if f > 0)
+        stats.accepted["fine_grained:redistributed"] = len(rows) - own
+    return rows
+
+
 def generate_template_qa(
     segments: pd.DataFrame, params: QAParams, seed: int
 ) -> tuple[pd.DataFrame, QAStats]:
@@ -150,10 +192,7 @@ def generate_template_qa(
     for unit in ("record", "entry"):
         if unit in tasks:
             fine[unit] = unit_pairs(segments, unit, params, seed, stats)
-    rows = []
-    for task, kept in balance_tasks(fine, params.tasks, seed).items():
-        rows.extend(kept)
-        stats.accepted[f"fine_grained:{task}"] = len(kept)
+    rows = _balanced(fine, params, seed, stats)
     stats.accepted["fine_grained"] = len(rows)
 
     for doc_id, segs in tqdm(candidates.integration, desc="qa integration"):

@@ -5,6 +5,7 @@ following ordinary instructions. Sources (`synthesize.general.source`):
 
 - `corpus` (offline default): "In a few words, what is <title>?" answered by the document's short
   description, for every corpus training document that has one (as the template QA generator did);
+  a corpus without titled, described documents gets "Complete the sentence: ..." pairs instead;
 - `local`: a .jsonl / .json / .parquet file (or a folder of them) with `instruction_field` and
   `response_field`;
 - `hf`: a Hugging Face `datasets` name, streamed (e.g. `Open-Orca/OpenOrca`).
@@ -41,6 +42,7 @@ from in2.data.corpus import (
     read_rows,
     unit_hash,
 )
+from in2.data.units import sentences
 from in2.params import GeneralParams
 from in2.qa.pairs import COLUMNS
 
@@ -103,8 +105,23 @@ def _required(params: GeneralParams) -> dict[str, str]:
 
 
 def corpus_pairs(params: GeneralParams, docs: pd.DataFrame, stats: GeneralStats) -> Iterator[Pair]:
-    """Offline default: "what is <title>?" answered by the description of a corpus document."""
+    """Offline default: "what is <title>?" answered by the description of a corpus document.
+
+    A corpus in which no document has both (C4 and most web text) gets sentence completions
+    from its documents instead, so any corpus runs on the default recipe.
+    """
     stats.source = {"name": "corpus", "documents": len(docs)}
+    described = (docs["title"].astype(str).str.strip() != "") & (
+        docs["description"].astype(str).str.strip() != ""
+    )
+    if len(docs) and not described.any():
+        stats.source["pairs"] = "sentence completion: no document has a title and a description"
+        log.warning("general: %s; asking to complete their first sentences", stats.source["pairs"])
+        return (_completion(doc.doc_id, str(doc.text)) for doc in docs.itertuples(index=False))
+    return _described(docs)
+
+
+def _described(docs: pd.DataFrame) -> Iterator[Pair]:
     for doc in docs.itertuples(index=False):
         title, description = str(doc.title).strip(), str(doc.description).strip()
         if not title:
@@ -113,6 +130,22 @@ def corpus_pairs(params: GeneralParams, docs: pd.DataFrame, stats: GeneralStats)
             yield "no_description"
         else:
             yield doc.doc_id, f"In a few words, what is {title}?", description
+
+
+COMPLETION_MIN_WORDS = 8
+"""A sentence shorter than this is too short to cut into a prompt and its completion."""
+
+
+def _completion(doc_id: str, text: str) -> Pair:
+    """ "Complete the sentence: <its first half> ..." answered by the second half, for the first
+    sentence of a document long enough to cut."""
+    for sentence in sentences(text):
+        words = sentence.split()
+        if len(words) >= COMPLETION_MIN_WORDS:
+            cut = len(words) // 2
+            head, tail = " ".join(words[:cut]), " ".join(words[cut:])
+            return doc_id, f"Complete the sentence: {head} ...", tail
+    return "no_sentence"
 
 
 def local_pairs(params: GeneralParams, docs: pd.DataFrame, stats: GeneralStats) -> Iterator[Pair]:
