@@ -35,6 +35,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
         report = validate_dataset(inputs, params, docs)
     summary = {**report.to_summary(), "dataset": fingerprint}
     write_json(GATE_SUMMARY, summary)
+    if power := report.settings["position_power"]:
+        log.info("resolution: %s", power["statement"])
     log.info(
         "%d expectations, %d failed; Data Docs in %s",
         len(report.results),

@@ -176,6 +176,24 @@ def test_gate_train_and_report_outputs(smoke_repo):
     assert 'id="run-scores"' in page and 'id="paper-scores"' in page
 
 
+def test_gate_states_what_its_pass_rules_out(smoke_repo):
+    """summary.json, the Data Docs and the MLflow validate run say which first-half bias the
+    position test would have caught on this many gold positions."""
+    repo, _, log = smoke_repo
+    power = json.loads((repo / "reports/data_quality/summary.json").read_text())["settings"][
+        "position_power"
+    ]
+    assert power["statement"] in log
+    pages = "".join(p.read_text() for p in (repo / "reports/data_quality/docs").rglob("*.html"))
+    assert "Resolution: with " in pages
+    db = sqlite3.connect(repo / "mlflow.db")
+    (share,) = db.execute(
+        "select m.value from metrics m join runs r on m.run_uuid = r.run_uuid where r.name = "
+        "'validate' and m.key = 'dq.position_power.detected_first_half_share'"
+    ).fetchone()
+    assert share == pytest.approx(power["detected_first_half_share"])
+
+
 def test_mlflow_holds_the_runs(smoke_repo):
     repo, _, _ = smoke_repo
     db = sqlite3.connect(repo / "mlflow.db")

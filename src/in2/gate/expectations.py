@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from great_expectations.execution_engine import PandasExecutionEngine
 from great_expectations.expectations.expectation import (
     ColumnAggregateExpectation,
@@ -230,6 +231,9 @@ class ColumnValuesIntegerList(ColumnMapMetricProvider):
 
     @column_condition_partial(engine=PandasExecutionEngine)
     def _pandas(cls, column: pd.Series, **kwargs: Any) -> pd.Series:
+        dtype = getattr(column.dtype, "pyarrow_dtype", None)
+        if dtype is not None and pa.types.is_list(dtype) and pa.types.is_integer(dtype.value_type):
+            return pd.Series(True, index=column.index)  # Arrow's type holds for every value
         return column.map(_is_integer_list)
 
 

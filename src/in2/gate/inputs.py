@@ -3,16 +3,18 @@
 Besides `data/in2/` itself the gate needs the segment index (documents, token counts), the
 segments' text (grounding of QA answers, leakage), the QA pairs and the probe contexts. The
 segment text is decoded from the token ids with the base model's tokenizer, as `qa` and
-`synthesize` saw it.
+`synthesize` saw it, chunk by chunk as the checks read it (`in2.data.segment_text`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
 
 from in2.data.leakage import read_probe_texts
+from in2.data.segment_text import SegmentTexts
 from in2.data.segments import SegmentStore
 from in2.layout import BASE_MODEL, IN2_TRAIN, IN2_VAL, PROBES, QA_PAIRS, SEGMENTS
 from in2.model import load_tokenizer
@@ -28,7 +30,7 @@ class GateInputs:
     """data/segments/segments.parquet: checks against the segment index."""
     qa: pd.DataFrame | None = None
     """data/qa/qa.parquet: the suite of QA pairs."""
-    segment_text: dict[int, str] | None = None
+    segment_text: Mapping[int, str] | None = None
     """Decoded segment text: grounding of QA pairs, and with `probe_texts` the leakage check."""
     probe_texts: list[str] | None = None
     """The probe contexts: the leakage check."""
@@ -44,6 +46,6 @@ def load_inputs() -> GateInputs:
         val=val,
         segments=store.index,
         qa=pd.read_parquet(QA_PAIRS),
-        segment_text=store.texts(load_tokenizer(BASE_MODEL)),
+        segment_text=SegmentTexts(store, load_tokenizer(BASE_MODEL)),
         probe_texts=probe_texts,
     )

@@ -87,6 +87,9 @@ class QualityReport:
             if r.expectation == ExpectColumnValueFractionsToMatch.expectation_type:
                 for value, share in r.observed["observed"].items():
                     out[f"dq.{r.check}.{value}"] = float(share)
+        if power := self.settings.get("position_power"):
+            out["dq.position_power.detected_first_half_share"] = power["detected_first_half_share"]
+            out["dq.position_power.n"] = float(power["n"])
         return out
 
     def failures_text(self) -> str:

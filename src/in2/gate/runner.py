@@ -38,13 +38,15 @@ from great_expectations.checkpoint import UpdateDataDocsAction
 from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from in2.gate.contract import ID_COLUMNS, MIN_PER_BIN
+from in2.gate.contract import CONTRACT, ID_COLUMNS, MIN_PER_BIN
 from in2.gate.example_suite import example_expectations
 from in2.gate.inputs import GateInputs
+from in2.gate.power import PositionPower, position_power
 from in2.gate.report import CheckResult, QualityReport, check_result
 from in2.gate.suites import gold_slot_expectations, qa_expectations, schema_expectations
-from in2.gate.tables import Leakage, example_table, gold_slot_table, qa_table
+from in2.gate.tables import Leakage, example_table, gold_slot_table, qa_table, schema_frame
 from in2.params import Params
+from in2.registry import LONG_KINDS
 
 _RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 10}
 
@@ -62,7 +64,7 @@ def validate_dataset(inputs: GateInputs, params: Params, docs_dir: Path | None) 
         )
     build_docs = docs_dir is not None
     with _gx_project() as context:
-        results, skipped = _run_example_suites(context, inputs, params, leakage, build_docs)
+        results, skipped, power = _run_example_suites(context, inputs, params, leakage, build_docs)
         if inputs.qa is not None:
             results += _run_suite(
                 context,
@@ -77,7 +79,10 @@ def validate_dataset(inputs: GateInputs, params: Params, docs_dir: Path | None) 
     return QualityReport(
         results=results,
         rows={"train": len(inputs.train), "val": len(inputs.val)},
-        settings=_settings(inputs, params, leakage),
+        settings={
+            **_settings(inputs, params, leakage),
+            "position_power": power.to_dict() if power else None,
+        },
         skipped=skipped,
     )
 
@@ -88,16 +93,17 @@ def _run_example_suites(
     params: Params,
     leakage: Leakage | None,
     build_docs: bool,
-) -> tuple[list[CheckResult], list[str]]:
+) -> tuple[list[CheckResult], list[str], PositionPower | None]:
     """The schema suite, then (only if it passed) the example and gold-slot suites.
 
-    Returns the results and the names of the suites skipped.
+    Returns the results, the names of the suites skipped and the position test's power.
     """
     train, val, segments = inputs.train, inputs.val, inputs.segments
-    raw = pd.concat([train, val], ignore_index=True)
+    lists = [c for c, dtype in CONTRACT.items() if dtype == "int_list"]
+    raw = schema_frame(train, val, lists)
     results = _run_suite(context, "in2_schema", raw, schema_expectations(), build_docs)
     if not all(r.success for r in results):
-        return results, ["in2_examples", "in2_gold_slots"]
+        return results, ["in2_examples", "in2_gold_slots"], None
     results += _run_suite(
         context,
         "in2_examples",
@@ -105,14 +111,19 @@ def _run_example_suites(
         example_expectations(params, segments is not None, leakage is not None),
         build_docs,
     )
+    slots = gold_slot_table(train, val)
+    power = _position_power(slots, params)
     results += _run_suite(
-        context,
-        "in2_gold_slots",
-        gold_slot_table(train, val),
-        gold_slot_expectations(params),
-        build_docs,
+        context, "in2_gold_slots", slots, gold_slot_expectations(params, power), build_docs
     )
-    return results, []
+    return results, [], power
+
+
+def _position_power(slots: pd.DataFrame, params: Params) -> PositionPower:
+    """What a PASS of the all-kinds position test rules out, for this many gold positions."""
+    n = int((slots["kind"].isin(LONG_KINDS) & slots["u"].notna()).sum())
+    bins = params.gate.position_bins
+    return position_power(n, params.gate.alpha, bins, min_n=MIN_PER_BIN * bins)
 
 
 def _settings(inputs: GateInputs, params: Params, leakage: Leakage | None) -> dict[str, Any]:

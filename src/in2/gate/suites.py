@@ -18,6 +18,7 @@ from in2.gate.expectations import (
     ExpectColumnValuesToBeIntegerLists,
     ExpectColumnValuesToBeUniformlyDistributed,
 )
+from in2.gate.power import PositionPower
 from in2.params import Params
 from in2.registry import LONG_KINDS
 
@@ -159,8 +160,11 @@ def _qa_pair_checks() -> list[gxe.Expectation]:
     ]
 
 
-def gold_slot_expectations(params: Params) -> list[gxe.Expectation]:
-    """Checks on the one-row-per-gold-segment table (see `gold_slot_table`)."""
+def gold_slot_expectations(
+    params: Params, power: PositionPower | None = None
+) -> list[gxe.Expectation]:
+    """Checks on the one-row-per-gold-segment table (see `gold_slot_table`); `power` adds what
+    a PASS of the all-kinds position test rules out to its description (Data Docs show it)."""
     gate = params.gate
     out = [
         expect(
@@ -187,13 +191,14 @@ def gold_slot_expectations(params: Params) -> list[gxe.Expectation]:
     ]
     for kind in ("all", *LONG_KINDS):
         kinds = LONG_KINDS if kind == "all" else (kind,)
+        resolves = f" Resolution: {power.sentence()}." if power and kind == "all" else ""
         out.append(
             expect(
                 ExpectColumnValuesToBeUniformlyDistributed,
                 f"gold_positions_uniform.{kind}",
                 f"Gold relative positions of {' + '.join(kinds)} examples are Uniform(0, 1): "
                 f"KS and chi-square ({gate.position_bins} bins) p >= {gate.alpha:g}; "
-                f"tested from n >= {MIN_PER_BIN * gate.position_bins}.",
+                f"tested from n >= {MIN_PER_BIN * gate.position_bins}.{resolves}",
                 kind="+".join(kinds),
                 column="u",
                 alpha=gate.alpha,

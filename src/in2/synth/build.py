@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -373,7 +374,7 @@ def synthesize(
     seg_len: int,
     seed: int,
     contaminated_docs: set[str] = frozenset(),
-    segment_text: dict[int, str] | None = None,
+    segment_text: Mapping[int, str] | None = None,
 ) -> tuple[pa.Table, pa.Table, SynthesisStats]:
     """Build the train and val splits; returns (train, val, stats).
 

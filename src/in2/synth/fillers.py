@@ -8,6 +8,7 @@ per-position analysis relies on).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ class FillerPool:
     """Candidate segment ids (full-length, in the split, not contaminated)."""
     seg_doc: np.ndarray
     """Document code of every segment id (not only the pool's)."""
-    text: dict[int, str] | None = None
+    text: Mapping[int, str] | None = None
     """Segment text, for the cue check; None when no question has cues."""
 
     def draw(

@@ -7,11 +7,13 @@ decontamination decides what synthesis may use (the paper: no source text may sh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
 
 from in2.data.leakage import contaminated, read_probe_texts
+from in2.data.segment_text import DecodedTexts, SegmentTexts
 from in2.data.segments import SegmentStore
 from in2.layout import BASE_MODEL, CORPUS_TRAIN, PROBES, QA_PAIRS, SEGMENTS
 from in2.model import load_tokenizer
@@ -28,7 +30,7 @@ class SynthesisInputs:
     index: pd.DataFrame
     """The segment table (data/segments)."""
     contaminated_docs: set[str]
-    segment_text: dict[int, str] | None
+    segment_text: Mapping[int, str] | None
     """Decoded segments for the cue check of fillers; None when no pair has cues."""
     general_stats: dict
 
@@ -55,7 +57,8 @@ def load_inputs(params: Params) -> SynthesisInputs:
     probe_texts = read_probe_texts(PROBES)
     dirty = contaminated_sources(docs, general, probe_texts, params.synthesize.decontam_ngram)
     # the cue check of fillers needs segment text: decode only when some pair has cues
-    texts = store.texts(load_tokenizer(BASE_MODEL)) if qa["keywords"].map(len).any() else None
+    has_cues = qa["keywords"].map(len).any()
+    texts = DecodedTexts(SegmentTexts(store, load_tokenizer(BASE_MODEL))) if has_cues else None
     return SynthesisInputs(
         pd.concat([qa, general], ignore_index=True), store.index, dirty, texts, general_stats
     )
