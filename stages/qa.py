@@ -8,7 +8,7 @@ from in2.stage import run_stage
 
 
 def main(params, args) -> None:
-    segments = segments_for_qa(layout.SEGMENTS, layout.BASE_MODEL)
+    segments = segments_for_qa(layout.SEGMENTS, layout.BASE_MODEL, params.qa, params.seed)
     generate = QA_GENERATORS[params.qa.generator]
     qa, stats = generate(segments, params.qa, params.seed)
     with atomic_file(layout.QA_PAIRS) as tmp:

@@ -405,6 +405,52 @@ def test_batch_mode_submits_polls_caches_and_resumes(stub, tmp_path, monkeypatch
     assert again.api["cached"] == 5
 
 
+def test_a_corrupt_batch_input_file_is_one_line_naming_it(stub, tmp_path, monkeypatch):
+    """A resumed batch whose saved input file was damaged: one line naming the file, the line
+    and what to do; the responses to the lines before it are cached."""
+    params = qa_params(stub.url, tmp_path, mode="batch", batch_poll_s=0.01)
+    real_wait = in2.endpoint.batch._wait
+
+    def crash(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(in2.endpoint.batch, "_wait", crash)
+    with pytest.raises(KeyboardInterrupt):
+        generate_openai_qa(segments(2, 2), params, seed=0)
+    monkeypatch.setattr(in2.endpoint.batch, "_wait", real_wait)
+    (inputs,) = (tmp_path / "batches").glob("*.jsonl")
+    lines = inputs.read_text().splitlines()
+    inputs.write_text("\n".join([*lines[:2], lines[2][:40], *lines[3:]]) + "\n")
+    with pytest.raises(EndpointError) as err:
+        generate_openai_qa(segments(2, 2), params, seed=0)
+    assert str(err.value) == (
+        f"{inputs}:3: not a Batch API input line; remove {inputs.name} and "
+        f"{inputs.with_suffix('.json').name} to send its requests again"
+    )
+    assert len(list(tmp_path.glob("??/*.json"))) == 1  # line 2's (the stub fails line 1)
+
+
+def test_segments_for_qa_decodes_the_candidates_only(tiny_model_dir, tmp_path):
+    """The text of every candidate the generators ask about, as the tokenizer decodes it; no
+    other segment is decoded (at paper scale: ~2M of ~8M)."""
+    from in2.data.segments import SegmentStore
+    from in2.model import load_tokenizer
+    from in2.qa.pairs import QAStats, segments_for_qa, select_candidates
+
+    write_random_segments(tmp_path / "segments", 40, 16, np.random.default_rng(0))
+    params = QAParams(max_fine_grained=5, max_integration=3)
+    segs = segments_for_qa(tmp_path / "segments", tiny_model_dir, params, seed=0)
+    picked = select_candidates(segs, params, 0, QAStats())
+    asked = {*picked.fine_grained, *(s for _, group in picked.integration for s in group)}
+    assert 5 <= len(asked) < 40
+    store = SegmentStore.open(tmp_path / "segments")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    decoded = tokenizer.batch_decode([store.ids(s).tolist() for s in range(len(store.index))])
+    assert list(segs["seg_id"]) == list(range(40))
+    for row in segs.itertuples():
+        assert row.text == (decoded[row.seg_id] if row.seg_id in asked else None)
+
+
 # ---------------------------------------------------------------- end to end: transformers serve
 
 

@@ -369,8 +369,3 @@ class SegmentStore:
         if path is None or not path.is_file():
             return pd.DataFrame(columns=UNIT_COLUMNS)
         return pd.read_parquet(path)
-
-    def texts(self, tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
-        """Decoded text of every segment (for QA generation and decontamination)."""
-        ids = [self.ids(s).tolist() for s in range(len(self.index))]
-        return dict(enumerate(tokenizer.batch_decode(ids)))

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from in2.endpoint.client import (
     Plan,
     ResponseCache,
 )
-from in2.outputs import read_jsonl, write_json, write_jsonl
+from in2.outputs import atomic_file, write_json
 from in2.params import OpenAIQAParams
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ MAX_REQUESTS = 50_000
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
-def request_lines(requests: Iterable[ChatRequest]) -> list[dict[str, Any]]:
+def request_lines(requests: Iterable[ChatRequest]) -> Iterator[dict[str, Any]]:
     """Batch API input lines: the cache key is the custom_id that matches results to requests."""
-    return [
+    return (
         {"custom_id": r.key, "method": "POST", "url": ENDPOINT, "body": r.body} for r in requests
-    ]
+    )
 
 
 @dataclass
@@ -83,10 +83,11 @@ def _submit(client: openai.OpenAI, chunk: list[ChatRequest], folder: Path) -> Pa
 
     The input file stays next to it until the results are cached: it maps custom ids back to
     request bodies, also for a batch resumed by a later run."""
-    lines = request_lines(chunk)
-    digest = hashlib.sha256("\n".join(r["custom_id"] for r in lines).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\n".join(r.key for r in chunk).encode()).hexdigest()[:16]
     path = folder / f"{digest}.jsonl"
-    write_jsonl(path, lines)
+    with atomic_file(path) as tmp, tmp.open("w") as f:  # a line at a time: 50,000 per file
+        for line in request_lines(chunk):
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
     with path.open("rb") as f:
         uploaded = client.files.create(file=f, purpose="batch")
     batch = client.batches.create(
@@ -94,7 +95,7 @@ def _submit(client: openai.OpenAI, chunk: list[ChatRequest], folder: Path) -> Pa
     )
     state = path.with_suffix(".json")
     write_json(state, {"batch_id": batch.id, "input_file_id": uploaded.id})
-    log.info("qa batch: submitted %s with %d requests", batch.id, len(lines))
+    log.info("qa batch: submitted %s with %d requests", batch.id, len(chunk))
     return state
 
 
@@ -123,13 +124,13 @@ def _collect(
     params: OpenAIQAParams,
     stats: ApiStats,
     budget: Budget,
+    planned: set[str],
 ) -> set[str]:
     """Wait for a submitted batch, cache its responses, count its failures, forget it.
 
-    Returns the keys of the planned requests that got no response."""
+    Returns the keys of the `planned` requests (those of `work.todo`) that got no response."""
     batch_id = json.loads(state.read_text())["batch_id"]
     inputs = state.with_suffix(".jsonl")
-    bodies = {line["custom_id"]: line["body"] for line in read_jsonl(inputs)}
     batch = _wait(client, batch_id, params.batch_poll_s)
     if batch.status == "failed":
         errors = batch.errors.data if batch.errors and batch.errors.data else []
@@ -141,12 +142,22 @@ def _collect(
     for file_id in (batch.output_file_id, batch.error_file_id):
         if file_id:
             parse_results(client.files.content(file_id).text.splitlines(), results)
-    for key, response in results.responses.items():
-        if key in bodies:
-            cache.put(key, bodies[key], response)
-            cost = stats.add_usage(response, work.prompt_tokens.get(key, 0), work.pricing)
-            budget.settle(0.0, cost)
-    failed = (bodies.keys() & {r.key for r in work.todo}) - results.responses.keys()
+    sent = set()
+    with inputs.open() as f:  # the bodies to cache, a line at a time
+        for n, line in enumerate(f, 1):
+            try:
+                key, body = (record := json.loads(line))["custom_id"], record["body"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise EndpointError(
+                    f"{inputs}:{n}: not a Batch API input line; remove {inputs.name} and "
+                    f"{state.name} to send its requests again"
+                ) from None
+            sent.add(key)
+            if (response := results.responses.get(key)) is not None:
+                cache.put(key, body, response)
+                cost = stats.add_usage(response, work.prompt_tokens.get(key, 0), work.pricing)
+                budget.settle(0.0, cost)
+    failed = (sent & planned) - results.responses.keys()
     for key in failed:
         reason = results.errors.get(key, f"batch_{batch.status}")
         stats.failed[reason] = stats.failed.get(reason, 0) + 1
@@ -168,10 +179,11 @@ def run_batch(
     A request that failed in a resumed batch is not sent again in the same run."""
     budget = Budget(params)
     folder = cache.root / "batches"
+    planned = {r.key for r in work.todo}
     failed: set[str] = set()
     for state in sorted(folder.glob("*.json")):
         log.info("qa batch: resuming %s (submitted by an earlier run)", state.name)
-        failed |= _collect(client, state, work, cache, params, stats, budget)
+        failed |= _collect(client, state, work, cache, params, stats, budget, planned)
     todo: list[ChatRequest] = []
     for request in (r for r in work.todo if r.key not in cache and r.key not in failed):
         if not budget.reserve(work.worst_case(request)):
@@ -179,6 +191,6 @@ def run_batch(
         todo.append(request)
     chunks = [todo[i : i + MAX_REQUESTS] for i in range(0, len(todo), MAX_REQUESTS)]
     for state in [_submit(client, chunk, folder) for chunk in chunks]:  # all run side by side
-        _collect(client, state, work, cache, params, stats, budget)
+        _collect(client, state, work, cache, params, stats, budget, planned)
     if budget.stopped:
         raise budget.error(stats, cache)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -205,8 +206,11 @@ def generate_openai_qa(
     p = params.openai
     stats = QAStats()
     candidates = select_candidates(segments, params, seed, stats)
-    text = dict(zip(segments["seg_id"].astype(int), segments["text"], strict=True))
-    doc = dict(zip(segments["seg_id"].astype(int), segments["doc_id"].astype(str), strict=True))
+    wanted = {*candidates.fine_grained, *(s for _, segs in candidates.integration for s in segs)}
+    asked = segments[segments["seg_id"].isin(wanted)]  # only these have a text (segments_for_qa)
+    ids = asked["seg_id"].astype(int)
+    text = dict(zip(ids, asked["text"], strict=True))
+    doc = dict(zip(ids, asked["doc_id"].astype(str), strict=True))
     jobs = [
         _Job("fine_grained", [s], doc[s], _request("fine_grained", [text[s]], p))
         for s in candidates.fine_grained
@@ -217,6 +221,11 @@ def generate_openai_qa(
     cache = ResponseCache(cache_root(p))
     api = ApiStats(mode=p.mode)
     count = token_counter(repo_root() / layout.BASE_MODEL / "tokenizer.json")
+    if "n_tokens" in asked:
+        seg_tokens = dict(zip(ids, asked["n_tokens"].astype(int), strict=True))
+    else:
+        seg_tokens = {s: count(t) for s, t in text.items()}
+    count = _prompt_counter(count, jobs, seg_tokens)
     work = plan([j.request for j in jobs], cache, Pricing.of(p, batch=p.mode == "batch"), count)
     api.cached = work.cached
     api.estimated_cost_usd = round(work.typical_cost, 6)
@@ -255,3 +264,23 @@ def generate_openai_qa(
 
 def _request(kind: str, texts: list[str], params: OpenAIQAParams) -> ChatRequest:
     return chat_request(messages(kind, texts), params, TYPICAL_OUTPUT_TOKENS[kind])
+
+
+def _prompt_counter(
+    count: Callable[[str], int], jobs: list[_Job], seg_tokens: dict[int, int]
+) -> Callable[[str], int]:
+    """`count` for the cost estimate, knowing each prompt's tokens as its template's (counted
+    once per kind and number of passages) plus its segments' token counts.
+
+    Re-tokenizing ~1.65M prompts of ~600 tokens at paper scale would take longer than the rest
+    of the stage (bench/paper_rehearsal.py); a segment's token count is in the segment index.
+    """
+    known = {SYSTEM: count(SYSTEM)}
+    template: dict[tuple[str, int], int] = {}
+    for job in jobs:
+        shape = (job.kind, len(job.segments))
+        if shape not in template:
+            template[shape] = count(messages(job.kind, [""] * shape[1])[1]["content"])
+        prompt = job.request.body["messages"][1]["content"]
+        known[prompt] = template[shape] + sum(seg_tokens[s] for s in job.segments)
+    return lambda text: known[text] if text in known else count(text)
