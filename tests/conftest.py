@@ -169,6 +169,24 @@ def run_ok(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complet
     return out
 
 
+def repo_env(repo: Path) -> dict[str, str]:
+    """The environment to run `dvc` and the stages of a repository copy in: this venv's tools
+    first on PATH, the copy's own `src/` imported, offline, and no variable of an outer DVC or
+    MLflow run (a stage would otherwise log to the outer store or act as the outer stage)."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(repo / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE"):
+        env.pop(var, None)
+    return env
+
+
 def smoke_repo_copy(folder: Path) -> tuple[Path, dict[str, str]]:
     """A git repository at `folder/in2` holding this working tree (tracked + untracked, not
     ignored) with the smoke profile applied and committed; returns it and the environment to run
@@ -186,16 +204,7 @@ def smoke_repo_copy(folder: Path) -> tuple[Path, dict[str, str]]:
         if (REPO / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, repo / name)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(repo / "src"),
-        "HF_HUB_OFFLINE": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "GX_ANALYTICS_ENABLED": "false",
-    }
-    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
-        env.pop(var, None)
+    env = repo_env(repo)
     run_ok(["git", "init", "-q"], repo, env)
     run_ok(["in2", "profile", "smoke"], repo, env)
     git_commit(repo, env, "smoke")

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
-import sys
 from contextlib import chdir
 from itertools import pairwise
 from pathlib import Path
@@ -22,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import git_commit, run_ok
+from conftest import git_commit, repo_env, run_ok
 
 from in2.data.corpus import SCHEMA
 from in2.data.segments import INDEX_FILE, TOKENS_FILE
@@ -209,20 +207,6 @@ def doc_dvc_yaml() -> str:
     return match.group(1)
 
 
-def dvc_env(repo: Path) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(repo / "src"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    for var in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE"):
-        env.pop(var, None)
-    return env
-
-
 def test_the_documented_dvc_foreach_shards_on_separate_clones(unsharded, tiny_model_dir, tmp_path):
     """Two clones run one shard each and push it with the run-cache to a shared remote; on a
     third, `dvc repro --pull` restores both shards from it without running them, and merges."""
@@ -234,7 +218,7 @@ def test_the_documented_dvc_foreach_shards_on_separate_clones(unsharded, tiny_mo
     shutil.copy2(REPO / "stages" / "segment.py", origin / "stages" / "segment.py")
     (origin / "dvc.yaml").write_text(doc_dvc_yaml())
     assert differences(origin) == {}  # the documented code deps are what the stage runs
-    env = dvc_env(origin)
+    env = repo_env(origin)
     run_ok(["git", "init", "-q"], origin, env)
     run_ok(["dvc", "init", "-q"], origin, env)
     run_ok(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], origin, env)
@@ -242,11 +226,11 @@ def test_the_documented_dvc_foreach_shards_on_separate_clones(unsharded, tiny_mo
     for k in (0, 1):
         node = tmp_path / f"node{k}"
         run_ok(["git", "clone", "-q", str(origin), str(node)], tmp_path, env)
-        run_ok(["dvc", "repro", "-s", f"segment_shard@{k}"], node, dvc_env(node))
-        run_ok(["dvc", "push", "--run-cache"], node, dvc_env(node))
+        run_ok(["dvc", "repro", "-s", f"segment_shard@{k}"], node, repo_env(node))
+        run_ok(["dvc", "push", "--run-cache"], node, repo_env(node))
     merger = tmp_path / "merger"
     run_ok(["git", "clone", "-q", str(origin), str(merger)], tmp_path, env)
-    out = run_ok(["dvc", "repro", "--pull"], merger, dvc_env(merger)).stdout
+    out = run_ok(["dvc", "repro", "--pull"], merger, repo_env(merger)).stdout
     for k in (0, 1):
         assert f"Stage 'segment_shard@{k}' is cached - skipping run" in out, out
     assert "--shard" not in out, out  # neither shard ran here
