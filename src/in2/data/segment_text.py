@@ -129,13 +129,13 @@ def _gather(store: SegmentStore, table: pa.BinaryArray, ids: np.ndarray) -> pa.S
         pass
     raw = strings.view(pa.binary())
     fixed = {}
-    for i in range(len(ids)):
+    non_ascii = ~pc.string_is_ascii(strings).to_numpy(zero_copy_only=False)  # a byte test
+    for i in np.flatnonzero(non_ascii).tolist():
         piece = raw[i].as_py()
-        if not piece.isascii():
-            try:
-                piece.decode("utf-8")
-            except UnicodeDecodeError:
-                fixed[i] = piece.decode("utf-8", "replace")
+        try:
+            piece.decode("utf-8")
+        except UnicodeDecodeError:
+            fixed[i] = piece.decode("utf-8", "replace")
     mask = np.zeros(len(ids), dtype=bool)
     mask[list(fixed)] = True
     return pc.replace_with_mask(
