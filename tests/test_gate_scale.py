@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from in2.data.leakage import ProbeNgrams, contaminated, ngrams
-from in2.data.segment_text import DecodedTexts, SegmentTexts, byte_table, text_chunks
+from in2.data.segment_text import SegmentTexts, byte_table, text_chunks
 from in2.data.segments import SegmentStore
 from in2.gate.expectations import uniformity_tests
 from in2.gate.power import position_power
@@ -86,7 +86,6 @@ def test_chunked_segment_text_equals_the_tokenizer(store):
     got = [t for _, chunk in text_chunks(texts, ids) for t in chunk.to_pylist()]
     assert got == expected
     assert texts[5] == expected[len(ids) - 1 - 5]
-    assert DecodedTexts(texts)[7] == texts[7]
     with pytest.raises(KeyError):
         texts[len(texts)]
 

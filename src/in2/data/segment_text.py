@@ -154,27 +154,3 @@ def text_chunks(
     for start in range(0, len(seg_ids), CHUNK_SEGMENTS):
         ids = seg_ids[start : start + CHUNK_SEGMENTS]
         yield ids, [texts.get(int(s), "") for s in ids]
-
-
-class DecodedTexts(Mapping[int, str]):
-    """Every segment's text decoded once into one Arrow array: random access for the many
-    lookups of synthesis, at the size of the text (no Python string per segment until read)."""
-
-    def __init__(self, texts: SegmentTexts) -> None:
-        chunks = [chunk for _, chunk in texts.chunks(np.arange(len(texts)))]
-        self._array = (
-            pa.concat_arrays([c.cast(pa.large_string()) for c in chunks])
-            if chunks
-            else pa.array([], pa.large_string())
-        )
-
-    def __getitem__(self, seg_id: int) -> str:
-        if not 0 <= seg_id < len(self._array):
-            raise KeyError(seg_id)
-        return self._array[seg_id].as_py()
-
-    def __len__(self) -> int:
-        return len(self._array)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(len(self)))

@@ -21,7 +21,8 @@ bin), so its length is in range and balanced like the others (fillers.unit_fille
 
 Everything is numpy over whole arrays, grouped by (n_gold, n_fillers) so that a group is one dense
 (examples × slots) matrix: the paper's 1.75M examples over 10M segments take about a minute on
-two cores (bench/synthesis_scale.py). Only the optional cue check touches text.
+two cores (bench/synthesis_scale.py). Only the cue check reads text, once, into an index of which
+segment quotes which cue (cues.py).
 
 This module assembles the splits; mix.py says how many examples and how long, fillers.py draws.
 """
@@ -38,9 +39,11 @@ import pandas as pd
 import pyarrow as pa
 
 from in2.data.corpus import unit_hash
+from in2.data.segment_text import text_chunks
 from in2.data.units import TEXT_UNIT
 from in2.params import ContextLength, SynthesizeParams
 from in2.registry import LONG_KINDS
+from in2.synth.cues import CueIndex, RowCues
 from in2.synth.fillers import FillerPool, LongExamples, place_gold, unit_fillers
 from in2.synth.index import SegmentIndex, check_gold, list_array, ragged, ragged_sum
 from in2.synth.mix import SynthesisError, filler_counts, mix_counts, target_lengths
@@ -129,12 +132,14 @@ class _Rows:
     doc: np.ndarray
     """Document code of each row's source (-1: none, as for external instructions)."""
 
-    def cues(self, rows: np.ndarray, pool: FillerPool) -> list[list[str]] | None:
+    cue_hashes: RowCues | None
+    """Every row's cues, for the cue check; None: no check."""
+
+    def cues(self, rows: np.ndarray, pool: FillerPool) -> RowCues | None:
         """The questions' cues for the cue check of `pool`'s fillers; None: no check."""
-        if pool.text is None:
+        if pool.cue_index is None or self.cue_hashes is None:
             return None
-        keywords = self.frame["keywords"]
-        return [list(keywords.iloc[row]) for row in rows]
+        return self.cue_hashes.take(rows)
 
 
 def _rows(
@@ -144,6 +149,7 @@ def _rows(
     frame = pick_qa(split.name, split.n_examples, split.qa, mix, rng)
     frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
     gold_offsets, gold_segments = ragged(frame["gold_segments"])
+    index = next((p.cue_index for p in split.pools.values() if p.cue_index is not None), None)
     return _Rows(
         frame,
         frame["example_kind"].to_numpy(),
@@ -152,6 +158,7 @@ def _rows(
         np.diff(gold_offsets),
         ragged_sum(segments.n_tokens[gold_segments], gold_offsets),
         segments.code(frame["source_doc"]),
+        index.row_cues(frame["keywords"].tolist()) if index is not None else None,
     )
 
 
@@ -380,7 +387,8 @@ def synthesize(
 
     `qa` holds every kind's pairs (general ones included); `contaminated_docs` are documents
     that overlap a probe: none of their pairs and none of their segments is used.
-    `segment_text` enables the cue check of fillers (pairs with `keywords`).
+    `segment_text` enables the cue check of fillers (pairs with `keywords`); a `SegmentTexts` is
+    decoded chunk by chunk, never held.
     """
     stats = SynthesisStats(contaminated_documents=len(contaminated_docs))
     dirty = qa["source_doc"].isin(contaminated_docs).to_numpy()
@@ -395,12 +403,15 @@ def synthesize(
     candidates = _filler_candidates(segments, seg_len, contaminated_docs)
     qa_is_val = _in_val(qa["source_doc"], seed, params.val_doc_fraction)
     rng = np.random.default_rng(seed)
-    cues = segment_text if segment_text and qa["keywords"].map(len).any() else None
+    cue_index = None
+    if segment_text is not None and qa["keywords"].map(len).any():  # the cue check's index
+        pool_ids = np.flatnonzero(np.logical_or.reduce(list(candidates.values())))
+        cue_index = CueIndex.build(qa["keywords"].tolist(), text_chunks(segment_text, pool_ids))
     tables = {}
     for name, n_examples, val in (("train", params.n_train, False), ("val", params.n_val, True)):
         side = is_val_doc[segments.doc] == val
         pools = {
-            unit_type: FillerPool(np.flatnonzero(ok & side), segments.doc, cues)
+            unit_type: FillerPool(np.flatnonzero(ok & side), segments.doc, cue_index)
             for unit_type, ok in candidates.items()
         }
         split = SplitInputs(name, n_examples, qa[qa_is_val == val], pools)

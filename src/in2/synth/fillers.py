@@ -8,12 +8,12 @@ per-position analysis relies on).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from in2.params import ContextLength
+from in2.synth.cues import CueIndex, RowCues
 from in2.synth.mix import SynthesisError, target_bins
 
 MAX_REDRAWS = 100
@@ -28,15 +28,15 @@ class FillerPool:
     """Candidate segment ids (full-length, in the split, not contaminated)."""
     seg_doc: np.ndarray
     """Document code of every segment id (not only the pool's)."""
-    text: Mapping[int, str] | None = None
-    """Segment text, for the cue check; None when no question has cues."""
+    cue_index: CueIndex | None = None
+    """Which segments quote which cues, for the cue check; None when no question has cues."""
 
     def draw(
         self,
         rng: np.random.Generator,
         gold_doc: np.ndarray,
         n_fillers: int,
-        keywords: list[list[str]] | None = None,
+        cues: RowCues | None = None,
     ) -> np.ndarray:
         """(examples, n_fillers) distinct fillers per row, none from that row's document or
         quoting its cues.
@@ -54,8 +54,8 @@ class FillerPool:
         quotes = np.zeros(shape, dtype=bool)
         fresh = np.ones(shape, dtype=bool)  # cells drawn this round: only they need a cue check
         for _ in range(MAX_REDRAWS):
-            if keywords is not None and self.text is not None:
-                quotes[fresh] = self._quotes_a_cue(fillers, fresh, keywords)
+            if cues is not None and self.cue_index is not None:
+                quotes[fresh] = self._quotes_a_cue(fillers, fresh, cues)
             bad = quotes | repeats(fillers) | (self.seg_doc[fillers] == gold_doc[:, None])
             if not bad.any():
                 return fillers
@@ -63,15 +63,13 @@ class FillerPool:
             fresh = bad
         raise self._too_small(n_fillers)
 
-    def _quotes_a_cue(
-        self, fillers: np.ndarray, cells: np.ndarray, keywords: list[list[str]]
-    ) -> list[bool]:
-        """For each selected cell (row-major): does its filler's text contain a cue of the row?"""
+    def _quotes_a_cue(self, fillers: np.ndarray, cells: np.ndarray, cues: RowCues) -> np.ndarray:
+        """For each selected cell (row-major): does its filler quote a cue of the row?"""
         rows, cols = np.nonzero(cells)
-        return [
-            any(cue in self.text[int(fillers[row, col])] for cue in keywords[row])
-            for row, col in zip(rows, cols, strict=True)
-        ]
+        of_cells = cues.take(rows)  # every cue of every cell's row, cell after cell
+        cell = np.repeat(np.arange(len(rows)), of_cells.counts)
+        quoted = self.cue_index.quotes(fillers[rows, cols][cell], of_cells.hashes)
+        return np.bincount(cell[quoted], minlength=len(rows)) > 0
 
     def _too_small(self, n_fillers: int) -> SynthesisError:
         return SynthesisError(
@@ -102,7 +100,7 @@ class LongExamples:
     """Tokens of the gold segments together."""
     targets: np.ndarray
     """Target context length (see mix.target_lengths)."""
-    cues: list[list[str]] | None = None
+    cues: RowCues | None = None
     """Cues of each question, for the cue check; None: no check."""
 
 

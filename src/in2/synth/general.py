@@ -240,11 +240,11 @@ def _select(
 
 
 def load_general(
-    params: GeneralParams, docs: pd.DataFrame, seed: int
+    params: GeneralParams, docs: pd.DataFrame | None, seed: int
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """`general` examples in the QA table format, and their stats (read, kept, dropped, source).
 
-    `docs` is the corpus training table (used by the `corpus` source only).
+    `docs` is the corpus training table, read by the `corpus` source only (None for the others).
     """
     stats = GeneralStats()
     pairs = READERS[params.source](params, docs, stats)
