@@ -11,6 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # OpenMP threads sleep instead of spinning while they wait: on a 2-core machine shared with other
 # work, spinning threads of torch slowed one training example from ~2 s to ~35 s (docs/results.md).

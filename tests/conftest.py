@@ -181,6 +181,7 @@ def repo_env(repo: Path) -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         "DVC_NO_ANALYTICS": "1",
         "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE"):
         env.pop(var, None)

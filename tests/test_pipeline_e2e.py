@@ -6,12 +6,16 @@ that a second `dvc repro` has nothing to do, and that `dvc push` works with the 
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import ipaddress
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -32,8 +36,17 @@ def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     """A copy of the working tree on the smoke profile after `dvc repro`."""
     repo, env = smoke_repo_copy(tmp_path_factory.mktemp("smoke"))
     env["OPENAI_API_KEY"] = CANARY_KEY  # set, as on a user's machine: it must leak nowhere
-    repro = run_ok(["dvc", "repro"], repo, env)
+    audited = {  # every Python process of the run logs its connects (test_nothing_leaves...)
+        **env,
+        "PYTHONPATH": f"{EGRESS_AUDIT}{os.pathsep}{env['PYTHONPATH']}",
+        "IN2_EGRESS_LOG": str(repo.parent / "egress.jsonl"),
+    }
+    repro = run_ok(["dvc", "repro"], repo, audited)
     return repo, env, repro.stdout + repro.stderr
+
+
+EGRESS_AUDIT = Path(__file__).parent / "egress"
+"""Holds the sitecustomize that records each process' socket connects and name lookups."""
 
 
 CANARY_KEY = f"sk-in2-e2e-canary-{uuid.uuid4().hex}"
@@ -50,6 +63,53 @@ def test_the_api_key_is_written_nowhere(smoke_repo):
     assert any(p.name == "mlflow.db" for p in files) and any(p.name == "dvc.lock" for p in files)
     leaked = [str(p.relative_to(repo)) for p in files if CANARY_KEY.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_nothing_leaves_the_machine(smoke_repo):
+    """The whole `dvc repro` (DVC, every stage, MLflow, GX, the tokenizers) connects to nothing
+    but loopback and local sockets, and looks up no other host name: no telemetry, no hub."""
+    repo, _, _ = smoke_repo
+    events = [json.loads(line) for line in (repo.parent / "egress.jsonl").read_text().splitlines()]
+    started = " ".join(e["detail"] for e in events if e["event"] == "start")
+    assert "dvc" in started and "stages/validate.py" in started and "stages/train.py" in started
+    outside = []
+    for e in events:
+        detail = e["detail"]
+        if e["event"] == "socket.connect":
+            family, address = ast.literal_eval(detail)
+            if family == socket.AF_UNIX:
+                continue
+            if ipaddress.ip_address(address[0]).is_loopback:
+                continue
+        elif e["event"] == "socket.getaddrinfo":
+            if ast.literal_eval(detail) in (None, "localhost", "127.0.0.1", "::1", b"localhost"):
+                continue
+        else:
+            continue
+        outside.append(e)
+    assert outside == []
+
+
+def test_the_egress_audit_sees_a_connection_and_a_lookup(tmp_path):
+    """The control of the test above: a process under the same audit that looks up a name and
+    connects to a loopback server leaves both in the log."""
+    log = tmp_path / "egress.jsonl"
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        code = (
+            "import socket\n"
+            "try: socket.getaddrinfo('in2-egress.invalid', 80)\n"
+            "except OSError: pass\n"
+            f"socket.create_connection(('127.0.0.1', {port})).close()\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(EGRESS_AUDIT), "IN2_EGRESS_LOG": str(log)}
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    lookups = [e["detail"] for e in events if e["event"] == "socket.getaddrinfo"]
+    connects = [ast.literal_eval(e["detail"]) for e in events if e["event"] == "socket.connect"]
+    assert events[0]["event"] == "start"
+    assert lookups == [repr("in2-egress.invalid"), repr("127.0.0.1")]
+    assert connects == [(socket.AF_INET, ("127.0.0.1", port))]
 
 
 def test_every_stage_ran(smoke_repo):

@@ -110,6 +110,9 @@ def mlflow_run(
 ) -> Iterator[Any]:
     """Start an MLflow run with lineage tags, the md5 of each of `inputs` and flattened params;
     yields the `mlflow` module."""
+    # MLflow 3 sends usage telemetry unless told not to: the pipeline reports to nobody (as DVC's
+    # and GX's analytics, which are off too); an explicit setting of the user's wins.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     own_store = not os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri exports it
