@@ -63,7 +63,7 @@ def main(params, args) -> None:
         log_scores(mlflow, runs, scores)  # the report stage adds this run's figures
         if api is not None:  # what the endpoint was asked and what it cost
             mlflow.log_dict(asdict(api), "api.json")
-            for name in ("requests", "cached", "cost_usd", "retry_wait_s"):
+            for name in ("requests", "cached", "refusals", "cost_usd", "retry_wait_s"):
                 mlflow.log_metric(f"api_{name}", getattr(api, name))
 
 

@@ -3,7 +3,12 @@
 It is a real HTTP server (the client under test is not mocked); what it cannot be is a real
 model that misbehaves on cue, so its replies and faults are scripted:
 
-- `script`: the next requests' actions, in order (an HTTP status with headers, or a slow answer);
+- `script`: the next requests' actions, in order: `("status", code[, headers])`, `("sleep", s)`
+  (a slow answer), `("quota",)` (429 insufficient_quota), `("drip", s)` (the answer one byte
+  every `s` seconds), `("huge", n)` (a 200 announcing n bytes), `("body", payload)` (a 200 with
+  that JSON), `("refusal",)`, `("billed_timeout", s)` (billed, then slower than the client);
+- `reject_formats`: `response_format` types answered with HTTP 400 naming them (an old server);
+- `models`: what GET /v1/models lists;
 - `fault_rate`: a share of requests failing with one of `FAULTS`, drawn from a hash of the
   request and its attempt number, so a run is the same whatever the thread timing;
 - Batch API files and batches (upload, create, poll, download).
@@ -80,6 +85,10 @@ class Stub:
         self.paths: list[str] = []
         self.reply = good_reply
         self.usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+        self.reject_formats: set[str] = set()
+        self.formats: list[str | None] = []
+        """The `response_format` type of each chat request (None: none sent)."""
+        self.models: list[dict[str, Any]] = []
         self.uploads: list[list[dict[str, Any]]] = []
         self.polls = 0
         self.url = ""
@@ -211,6 +220,50 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 stub.answered[message_key(body)] += 1
             return None
 
+        def _scripted(self, action: tuple[Any, ...], body: dict[str, Any], key: str) -> None:
+            kind = action[0]
+            if kind == "quota":
+                error = {"message": "You exceeded your current quota, please check your plan."}
+                error |= {"type": "insufficient_quota", "code": "insufficient_quota"}
+                return self._send(429, {"error": error})
+            if kind == "body":
+                return self._send(200, action[1])
+            if kind == "huge":  # headers only: a client with a cap hangs up before the body
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(action[1]))
+                self.end_headers()
+                self.close_connection = True
+                return None
+            if kind == "drip":
+                data = json.dumps(stub.completion(body)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    for i in range(len(data)):
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(action[1])
+                return None
+            if kind == "refusal":
+                reply = stub.completion(body, content="")
+                message = reply["choices"][0]["message"]
+                message |= {"content": None, "refusal": "I can't help with that."}
+                self._send(200, reply)
+            elif kind == "billed_timeout":  # a real server bills what it generated, sent or not
+                with stub.lock:
+                    stub.answered[key] += 1
+                time.sleep(action[1])
+                with contextlib.suppress(OSError):
+                    self._send(200, stub.completion(body))
+                return None
+            with stub.lock:
+                stub.answered[key] += 1
+            return None
+
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             stub.paths.append(self.path)
@@ -236,9 +289,16 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                     stub.faults[fault] += 1
             if fault:
                 return self._fault(fault, body)
+            shape = (body.get("response_format") or {}).get("type")
+            stub.formats.append(shape)
+            if shape in stub.reject_formats:
+                error = {"message": f"response_format {shape} is not supported", "type": "stub"}
+                return self._send(400, {"error": error | {"param": "response_format"}})
             if action[0] == "status":
                 error = {"error": {"message": f"stub says {action[1]}", "type": "stub"}}
                 return self._send(action[1], error, action[2] if len(action) > 2 else None)
+            if action[0] != "sleep" and action[0] != "ok":
+                return self._scripted(action, body, key)
             if action[0] == "sleep":
                 time.sleep(action[1])
             time.sleep(stub.answer_delay_s)
@@ -256,6 +316,8 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             stub.paths.append(self.path)
+            if self.path == "/v1/models":
+                return self._send(200, {"object": "list", "data": stub.models})
             if self.path == "/v1/batches/batch_abc123":
                 stub.polls += 1
                 return self._send(200, stub.batch("in_progress" if stub.polls < 2 else "completed"))

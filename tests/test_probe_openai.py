@@ -18,12 +18,14 @@ import openai.resources.chat.completions as chat_completions
 import pytest
 import yaml
 from conftest import PROBE_CONTEXT_TOKENS, PROBE_TASKS, free_port, transformers_serve, vary_weights
+from openai_stub import serve_stub
 
 from in2.model import load_model, load_tokenizer, save_model
 from in2.params import InputError, OpenAIProbeParams, ProbeParams
 from in2.probing.api import probe_endpoint
 from in2.probing.build import read_probes
 from in2.probing.local import probe_model
+from in2.probing.results import scores_summary
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW = 6
@@ -79,7 +81,9 @@ def test_api_and_local_runners_write_equal_rows_and_a_rerun_sends_nothing(
 
     n_queries = sum(len(read_probes(probes_dir, task)[1]) for task in PROBE_TASKS)
     assert len(sent) == n_queries and api.requests == n_queries and api.cached == 0
-    assert {b["temperature"] for b in sent} == {0.0} and {b["max_tokens"] for b in sent} == {6}
+    assert {b["temperature"] for b in sent} == {0.0} and {
+        b["max_completion_tokens"] for b in sent
+    } == {6}
     assert list(api_runs) == list(local_runs) == list(PROBE_TASKS)
     for task in PROBE_TASKS:
         _, queries = read_probes(probes_dir, task)
@@ -172,3 +176,38 @@ def test_a_remote_endpoint_without_key_asks_for_the_env_var(
         "probe.openai: no API key for https://api.example.com/v1: set the environment variable "
         "IN2_TEST_UNSET_KEY (probe.openai.api_key_env); never put the key in params.yaml"
     )
+
+
+def test_a_retrained_checkpoint_is_asked_again_and_empty_answers_are_counted(
+    probes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vllm serve models/in2` after re-training serves the same name: the cache key holds the
+    checkpoint's DVC md5 (from dvc.lock), so the new model is asked, not the old one's cache."""
+    root = tmp_path / "repo"
+    (root / ".dvc").mkdir(parents=True)
+    (root / "models/in2").mkdir(parents=True)
+    (root / "models/in2/model.safetensors").write_bytes(b"weights")
+    monkeypatch.setenv("DVC_ROOT", str(root))
+
+    def lock(md5: str) -> None:
+        outs = [{"path": "models/in2", "md5": md5, "size": 7, "nfiles": 1}]
+        stages = {"train": {"cmd": "python stages/train.py", "outs": outs}}
+        (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
+
+    lock("aaaa.dir")
+    n_queries = sum(len(read_probes(probes_dir, task)[1]) for task in PROBE_TASKS)
+    with serve_stub() as stub:
+        stub.reply = lambda body: "an answer"
+        stub.models = [{"id": "models/in2", "object": "model", "created": 0, "owned_by": "vllm"}]
+        stub.script.append(("refusal",))
+        params = probe_params(stub.url, "models/in2", tmp_path / "cache", concurrency=1)
+        runs, api = probe_endpoint(params, probes_dir, tokenizer_file=None)
+        assert api.requests == n_queries and api.refusals == 1
+        scores = scores_summary(runs)
+        assert sum(scores[t]["empty_answers"] for t in PROBE_TASKS) == 1  # the refusal
+        _, again = probe_endpoint(params, probes_dir, tokenizer_file=None)
+        assert again.requests == 0 and again.cached == n_queries
+        lock("bbbb.dir")  # re-trained: same name, new checkpoint
+        _, retrained = probe_endpoint(params, probes_dir, tokenizer_file=None)
+        assert retrained.requests == n_queries and retrained.cached == 0
+    assert stub.paths.count("/v1/models") == 3

@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,11 @@ from conftest import free_port, transformers_serve, write_random_segments
 from openai_stub import FAULTS, Stub, message_key, serve_stub
 
 import in2.endpoint.batch
-import in2.endpoint.client
+import in2.endpoint.retry
 from in2.endpoint.batch import parse_results, request_lines
-from in2.endpoint.client import BudgetExceeded, EndpointError, chat_request
+from in2.endpoint.client import BudgetExceeded, EndpointError, request_key
 from in2.params import InputError, OpenAIQAParams, QAParams
-from in2.qa.llm import generate_openai_qa, messages, parse_reply
+from in2.qa.llm import generate_openai_qa, messages, parse_reply, qa_request
 from in2.qa.pairs import COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def stub() -> Iterator[Stub]:
 
 @pytest.fixture(autouse=True)
 def _fast_backoff(monkeypatch):
-    monkeypatch.setattr(in2.endpoint.client, "BACKOFF_BASE_S", 0.05)
+    monkeypatch.setattr(in2.endpoint.retry, "BACKOFF_BASE_S", 0.05)
 
 
 def segments(n_docs: int, per_doc: int) -> pd.DataFrame:
@@ -78,6 +79,7 @@ def qa_params(url: str, cache: Path, **openai: Any) -> QAParams:
         ([("status", 503, {"retry-after-ms": "300"})], {"5xx": 1}, 0.3, 0.3),
         ([("status", 500), ("status", 502)], {"5xx": 2}, 0.05, 0.15),  # backoff 0.05, 0.1 (x0.5-1)
         ([("sleep", 1.5)], {"timeout": 1}, 0.0, 0.05),
+        ([("status", 408), ("status", 409)], {"408": 1, "409": 1}, 0.05, 0.15),
     ],
 )
 def test_retries_honour_retry_after_and_are_counted(
@@ -92,6 +94,22 @@ def test_retries_honour_retry_after_and_are_counted(
     assert stats.api["retries"] == retries and stats.api["requests"] == 1
     assert min_wait * 0.5 <= stats.api["retry_wait_s"] <= max_wait
     assert elapsed >= min_wait  # the waits really happened
+
+
+def test_two_online_runs_on_one_cache_send_each_request_once(stub, tmp_path):
+    """Two runs sharing a cache (as queued experiments do) at the same time: each request is
+    claimed by one of them; the other waits for its reply in the cache. Both get every pair."""
+    stub.answer_delay_s = 0.1
+    params = qa_params(stub.url, tmp_path, concurrency=2)
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(generate_openai_qa, segments(4, 3), params, 0) for _ in range(2)]
+        (qa_a, stats_a), (qa_b, stats_b) = (run.result() for run in runs)
+    assert set(stub.answered.values()) == {1}  # no request was paid for twice
+    assert stats_a.api["requests"] > 0 and stats_b.api["requests"] > 0  # both sent some
+    assert stats_a.api["requests"] + stats_b.api["requests"] == len(stub.answered)
+    assert stats_a.api["cached"] + stats_b.api["cached"] == len(stub.answered)
+    assert qa_a.equals(qa_b) and len(qa_a) > 0
+    assert not list((tmp_path / "claims").glob("??/*"))  # every claim given back
 
 
 def test_a_flaky_endpoint_completes_with_bounded_retries_and_counted_rejects(stub, tmp_path):
@@ -206,6 +224,161 @@ def test_budget_stops_cleanly_and_a_rerun_resumes(stub, tmp_path):
     assert stub.chat_hits == 6 and stats.api["cached"] == 3 and stats.api["cost_usd"] == 15.0
 
 
+# ---------------------------------------------------------------- faults of real providers
+
+
+def _cache_entries(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(root.glob("??/*.json"))]
+
+
+@pytest.mark.parametrize(
+    ("action", "cause"),
+    [
+        (("status", 408), "408"),  # a proxy's request timeout
+        (("status", 409), "409"),  # a lock conflict
+        (("status", 400, {"x-should-retry": "true"}), "400"),  # the server says: retry
+        (("body", {"error": {"message": "overloaded", "type": "server_error"}}), "error_body"),
+        (("body", {}), "no_choices"),
+    ],
+)
+def test_retried_faults_are_counted_and_never_cached(stub, tmp_path, action, cause):
+    stub.script.append(action)
+    qa, stats = generate_openai_qa(segments(1, 1), qa_params(stub.url, tmp_path), seed=0)
+    assert len(qa) == 1 and stub.chat_hits == 2
+    assert stats.api["retries"] == {cause: 1} and stats.api["requests"] == 1
+    (entry,) = _cache_entries(tmp_path)
+    assert entry["response"]["choices"][0]["message"]["content"]  # the good reply, only it
+
+
+def test_x_should_retry_false_and_insufficient_quota_stop_at_once(stub, tmp_path):
+    stub.script.append(("status", 503, {"x-should-retry": "false"}))
+    with pytest.raises(EndpointError) as err:
+        generate_openai_qa(segments(1, 1), qa_params(stub.url, tmp_path), 0)
+    assert str(err.value) == (
+        f"the QA endpoint {stub.url}/ answered HTTP 503 (Error code: 503 - stub says 503), and "
+        "x-should-retry: false: check "
+        "qa.openai.model ('gpt-4-turbo') and the sampling params"
+    )
+    stub.script.append(("quota",))
+    with pytest.raises(EndpointError) as err:
+        generate_openai_qa(segments(1, 1), qa_params(stub.url, tmp_path), 0)
+    assert str(err.value) == (
+        f"the QA endpoint {stub.url}/ says the account is out of quota (HTTP 429 "
+        "insufficient_quota): add credit or raise the limit in the provider's billing settings, "
+        "then re-run (responses received so far are cached); waiting will not help"
+    )
+    assert stub.chat_hits == 2 and not _cache_entries(tmp_path)  # neither was retried
+
+
+def test_a_drip_feeding_server_is_cut_off_at_timeout_s(stub, tmp_path):
+    stub.script.append(("drip", 0.1))  # a ~400-byte answer over ~40 s, a byte at a time
+    params = qa_params(stub.url, tmp_path, timeout_s=1.0)
+    t0 = time.monotonic()
+    qa, stats = generate_openai_qa(segments(1, 1), params, seed=0)
+    assert time.monotonic() - t0 < 3.0  # the first attempt ended at its 1 s deadline
+    assert len(qa) == 1 and stats.api["retries"] == {"timeout": 1}
+
+
+def test_a_body_over_max_response_mb_is_a_retried_fault(stub, tmp_path):
+    stub.script.append(("huge", 50 * 2**20))
+    params = qa_params(stub.url, tmp_path, max_response_mb=1.0)
+    qa, stats = generate_openai_qa(segments(1, 1), params, seed=0)
+    assert len(qa) == 1 and stats.api["retries"] == {"too_large": 1}
+
+
+def test_a_refusal_is_cached_counted_and_rejected(stub, tmp_path):
+    stub.script.append(("refusal",))
+    _, stats = generate_openai_qa(segments(1, 2), qa_params(stub.url, tmp_path, concurrency=1), 0)
+    assert stats.api["refusals"] == 1 and stats.api["retries"] == {}
+    assert stats.rejected == {"fine_grained:refusal": 1}
+    assert (
+        sum(
+            bool(e["response"]["choices"][0]["message"].get("refusal"))
+            for e in _cache_entries(tmp_path)
+        )
+        == 1
+    )
+    _, again = generate_openai_qa(segments(1, 2), qa_params(stub.url, tmp_path), 0)
+    assert again.api["requests"] == 0 and again.rejected == {"fine_grained:refusal": 1}
+
+
+def test_damaged_cache_entries_are_removed_and_asked_again(stub, tmp_path, caplog):
+    segs = segments(2, 2)
+    qa, _ = generate_openai_qa(segs, qa_params(stub.url, tmp_path), seed=0)
+    paths = sorted(tmp_path.glob("??/*.json"))
+    assert len(paths) == 6
+    good = paths[0].read_bytes()
+    paths[0].write_bytes(b"")  # empty
+    paths[1].write_bytes(paths[1].read_bytes()[:50])  # cut
+    paths[2].write_bytes(b'{"response": "\xff' + b"\xff\xfe" + b'"}')  # bad UTF-8
+    paths[3].write_text(json.dumps({"request": {}, "response": {"error": {"message": "x"}}}))
+    hits = stub.chat_hits
+    with caplog.at_level(logging.WARNING):
+        qa2, stats = generate_openai_qa(segs, qa_params(stub.url, tmp_path), seed=0)
+    assert stub.chat_hits == hits + 4 and stats.api["requests"] == 4
+    assert stats.api["cached"] == 2
+    for path in paths[:4]:
+        assert f"removing unusable cache entry {path}" in caplog.text
+        assert json.loads(path.read_text())["response"]["choices"]
+    assert len(good) > 100
+    pd.testing.assert_frame_equal(qa, qa2)
+
+
+def test_a_server_rejecting_json_schema_steps_down_once(stub, tmp_path):
+    stub.reject_formats = {"json_schema"}
+    params = qa_params(stub.url, tmp_path, concurrency=1)
+    qa, stats = generate_openai_qa(segments(1, 2), params, seed=0)
+    assert stub.formats == ["json_schema"] + ["json_object"] * 3  # 2 fine-grained, 1 integration
+    assert stats.api["format_fallbacks"] == 1 and stats.api["retries"] == {} and len(qa) == 3
+    stub.reject_formats = {"json_schema", "json_object"}
+    generate_openai_qa(segments(1, 2), qa_params(stub.url, tmp_path / "b", concurrency=1), 0)
+    assert stub.formats[4:] == ["json_schema", "json_object", None, None, None]
+
+
+def test_the_budget_holds_when_every_first_attempt_is_billed_and_times_out(stub, tmp_path):
+    """A real server may bill an attempt the client gave up on: each such attempt keeps its
+    reservation, so what the server billed never exceeds budget_usd."""
+    stub.usage = {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}
+    prices = {"price_per_1m_input": 0.0, "price_per_1m_output": 1e6, "max_tokens": 10}
+    budget = 45.0  # a worst case is $10, a bill $5
+    params = qa_params(
+        stub.url, tmp_path, budget_usd=budget, concurrency=2, timeout_s=0.5, **prices
+    )
+    stub.script.extend([("billed_timeout", 1.0), ("ok",)] * 6)
+    with pytest.raises(BudgetExceeded):
+        generate_openai_qa(segments(2, 2), params, seed=0)
+    billed = sum(stub.answered.values()) * 5.0
+    assert stub.faults == {} and billed <= budget
+    assert sum(stub.answered.values()) > len(_cache_entries(tmp_path))  # some were paid twice
+
+
+def test_ctrl_c_ends_the_stage_within_seconds_with_what_it_received_cached(
+    tiny_model_dir, tmp_path
+):
+    with serve_stub() as stub:
+        stub.answer_delay_s = 0.05
+        root = _qa_stage_folder(tmp_path, stub.url, tiny_model_dir)
+        cmd, env = _qa_command(root)
+        stub.script.extend([("ok",)] * 20 + [("status", 429, {"Retry-After": "60"})])
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+        while stub.chat_hits < 30 and proc.poll() is None:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        ended_in = time.monotonic() - t0
+        answered = sum(stub.answered.values())
+    assert proc.returncode == 2 and ended_in < 5.0, stderr[-2000:]
+    cached = len(_cache_entries(root / ".cache/qa"))
+    assert cached == answered and 0 < cached < 240
+    assert stderr.splitlines()[-1] == (
+        f"error: qa.openai: interrupted (Ctrl-C): {cached} response(s) received in this run, "
+        f"{cached} in all, are cached in {root / '.cache/qa'}; nothing was written to data/qa; "
+        "re-running resumes from the cache"
+    )
+    assert "Traceback" not in stderr and not (root / "data/qa").exists()
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -307,20 +480,55 @@ def test_prompts_and_cache_key_cover_model_prompt_and_sampling():
     assert TEXTS[0] in fine[1]["content"] and "evidence" in fine[1]["content"]
     assert "[1] Ada" in integ[1]["content"] and "[2] Babbage" in integ[1]["content"]
     assert "AT LEAST TWO" in integ[1]["content"] and "segments_used" in integ[1]["content"]
-    key = chat_request(fine, p, 80).key
-    assert chat_request(fine, p, 80).key == key
-    assert chat_request(fine, p.model_copy(update={"base_url": "http://x/v1"}), 80).key == key
-    for change in ({"model": "n"}, {"temperature": 0.5}, {"max_tokens": 7}, {"json_mode": False}):
-        assert chat_request(fine, p.model_copy(update=change), 80).key != key
-    assert chat_request(integ, p, 80).key != key
+    key = qa_request("fine_grained", [TEXTS[0]], p).key
+    assert qa_request("fine_grained", [TEXTS[0]], p).key == key
+    for same in ({"base_url": "http://x/v1"}, {"output_tokens_field": "max_tokens"}):
+        assert qa_request("fine_grained", [TEXTS[0]], p.model_copy(update=same)).key == key
+    changes = (
+        {"model": "n"},
+        {"temperature": 0.5},
+        {"max_tokens": 7},
+        {"response_format": "json_object"},
+        {"response_format": "text"},
+    )
+    for change in changes:
+        assert qa_request("fine_grained", [TEXTS[0]], p.model_copy(update=change)).key != key
+    assert qa_request("integration", TEXTS, p).key != key
+
+
+def test_json_object_requests_keep_the_keys_of_json_mode_caches():
+    """A cache written with json_mode (json_object + max_tokens) answers response_format:
+    json_object, whichever field carries the completion budget."""
+    p = OpenAIQAParams(model="m", max_tokens=64, response_format="json_object")
+    fine = messages("fine_grained", [TEXTS[0]])
+    old_body = {"model": "m", "messages": fine, "temperature": 0.0, "max_tokens": 64}
+    old_key = request_key(old_body | {"response_format": {"type": "json_object"}})
+    assert qa_request("fine_grained", [TEXTS[0]], p).key == old_key
+    text = p.model_copy(update={"response_format": "text", "output_tokens_field": "max_tokens"})
+    assert qa_request("fine_grained", [TEXTS[0]], text).key == request_key(old_body)
+
+
+def test_structured_outputs_send_the_strict_schema_of_each_reply():
+    p = OpenAIQAParams(model="m", max_tokens=64)
+    body = qa_request("integration", TEXTS, p).body
+    assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
+    shape = body["response_format"]
+    assert shape["type"] == "json_schema" and shape["json_schema"]["strict"] is True
+    assert shape["json_schema"]["name"] == "IntegrationReply"
+    schema = shape["json_schema"]["schema"]
+    assert schema["additionalProperties"] is False
+    assert schema["required"] == ["question", "answer", "segments_used", "evidence"]
+    assert schema["properties"]["segments_used"]["items"] == {"type": "integer"}
+    fine = qa_request("fine_grained", TEXTS[:1], p).body["response_format"]["json_schema"]
+    assert fine["schema"]["required"] == ["question", "answer", "evidence"]
 
 
 # ---------------------------------------------------------------- Batch API
 
 
 def test_batch_request_lines_and_result_parsing_on_recorded_shapes():
-    p = OpenAIQAParams(model="gpt-4-turbo", max_tokens=64)
-    req = chat_request(messages("fine_grained", [TEXTS[0]]), p, 80)
+    p = OpenAIQAParams(model="gpt-4-turbo", max_tokens=64, response_format="json_object")
+    req = qa_request("fine_grained", [TEXTS[0]], p)
     (line,) = request_lines([req])
     assert line == {
         "custom_id": req.key,
@@ -330,7 +538,7 @@ def test_batch_request_lines_and_result_parsing_on_recorded_shapes():
             "model": "gpt-4-turbo",
             "messages": req.body["messages"],
             "temperature": 0.0,
-            "max_tokens": 64,
+            "max_completion_tokens": 64,
             "response_format": {"type": "json_object"},
         },
     }
@@ -371,8 +579,11 @@ def test_batch_request_lines_and_result_parsing_on_recorded_shapes():
 
 
 def test_batch_mode_submits_polls_caches_and_resumes(stub, tmp_path, monkeypatch):
-    """Batch mode end to end against the stub's Files and Batches endpoints."""
-    params = qa_params(stub.url, tmp_path, mode="batch", batch_poll_s=0.01)
+    """Batch mode end to end against the stub's Files and Batches endpoints (a failed request
+    allowed: the stage goes on without it and counts it)."""
+    params = qa_params(
+        stub.url, tmp_path, mode="batch", batch_poll_s=0.01, allow_failed_requests=True
+    )
     # an interrupted run: the batch is submitted, then the process dies while polling
     real_wait = in2.endpoint.batch._wait
 

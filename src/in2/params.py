@@ -188,9 +188,16 @@ class OpenAIEndpointParams(_Section):
     concurrency: int = Field(8, gt=0)
     """Requests in flight at once."""
     max_retries: int = Field(6, ge=0)
-    """Retries of a request on 429 / 5xx / timeouts, with exponential backoff and Retry-After."""
+    """Retries of a request on 408 / 409 / 429 / 5xx / timeouts / connection errors (as the openai
+    SDK retries, obeying `x-should-retry`), with exponential backoff and Retry-After."""
     timeout_s: float = Field(120.0, gt=0)
-    """Per-request timeout."""
+    """Wall-clock limit of one attempt, from connecting to the last byte: a server that drips a
+    byte at a time is cut off too."""
+    max_response_mb: float = Field(16.0, gt=0)
+    """Largest response body read; a bigger one is a failed attempt, not a memory blow-up."""
+    output_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    """Name the completion budget is sent under: OpenAI's current models (o-series, GPT-5) reject
+    `max_tokens`; servers that know only `max_tokens` (older vLLM, `transformers serve`) need it."""
     cache_dir: str
     """On-disk response cache (outside every DVC output), so no call is ever paid for twice."""
     price_per_1m_input: float = Field(10.0, ge=0)
@@ -216,10 +223,25 @@ class OpenAIQAParams(OpenAIEndpointParams):
     """Completion budget per request (part of the cache key)."""
     mode: Literal["online", "batch"] = "online"
     """`online`: concurrent requests; `batch`: the OpenAI Batch API (half price, 24 h)."""
-    json_mode: bool = True
-    """Send `response_format: json_object` (OpenAI, vLLM); turn off for a server rejecting it."""
+    response_format: Literal["json_schema", "json_object", "text"] = "json_schema"
+    """How the reply is constrained: `json_schema` (structured outputs with the JSON schema of the
+    reply's pydantic model: OpenAI, vLLM), `json_object` (JSON mode), `text` (none; the reply is
+    parsed as it comes)."""
     batch_poll_s: float = Field(60.0, gt=0)
     """`batch` mode: seconds between two status checks of a submitted batch."""
+    allow_failed_requests: bool = False
+    """`batch` mode: succeed when some requests expired or failed (counted in the metrics and said
+    in the log) instead of exiting non-zero."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "json_mode" in data:
+            raise ValueError(
+                "json_mode was replaced by response_format: json_object (json_mode: true) or "
+                "text (json_mode: false); the default, json_schema, sends the reply's schema"
+            )
+        return data
 
 
 class OpenAIProbeParams(OpenAIEndpointParams):

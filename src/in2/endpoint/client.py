@@ -4,15 +4,19 @@ concurrency, an on-disk response cache, a cost estimate and a budget.
 Used by the QA generator (`qa.openai`, in2.qa.llm) and the API probe runner (`probe.openai`,
 in2.probing.api); messages name the section of the caller's params.
 
-- Cache: one JSON file per response under `<section>.cache_dir` (outside every DVC output),
-  keyed by the sha256 of the request body (model, messages, sampling params; never the URL or
-  the key) and written atomically right after the response arrives, so neither a re-run nor a
-  crash pays for a call twice.
-- Retries: the SDK's own retries are off; 429, 5xx, timeouts, connection errors and malformed
-  bodies (a 200 that is not a chat completion) are retried here with exponential backoff,
-  honouring Retry-After, at most `max_retries` times per request, and every retry is counted.
-- Budget: before a request is sent, its worst case (estimated prompt + `max_tokens` completion)
-  is reserved against `budget_usd`; the run stops cleanly when the next one would not fit.
+- Cache (in2.endpoint.cache): one JSON file per usable reply under `<section>.cache_dir`
+  (outside every DVC output), keyed by the sha256 of the canonical request body (model,
+  messages, sampling params, the completion budget always named `max_tokens`; never the URL or
+  the key) and written durably right after the reply arrives, so neither a re-run nor a crash
+  pays for a call twice.
+- Retries (in2.endpoint.retry) and a wall-clock deadline and size cap per attempt
+  (in2.endpoint.transport); a 200 without `choices[0].message.content` (or a refusal) is a
+  retried fault, never cached.
+- Budget: before each attempt, its worst case (estimated prompt + the completion budget) is
+  reserved against `budget_usd`; an attempt that timed out or lost its connection may have been
+  billed, so its reservation is kept as spent. The run stops cleanly when the next would not fit.
+- Ctrl-C: no new request is sent, retry waits end at once, attempts in flight end by their
+  deadline (`timeout_s`) and what they received is cached; then the run stops with one line.
 
 Secrets: the API key is read from the environment variable named by `api_key_env` and only
 handed to the SDK; it is never logged, cached or written to params or metrics.
@@ -24,12 +28,11 @@ import hashlib
 import json
 import logging
 import os
-import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -37,8 +40,12 @@ from urllib.parse import urlparse
 import openai
 from tqdm import tqdm
 
+from in2.endpoint.cache import ResponseCache, refusal_of, usable
+from in2.endpoint.claims import Claims
+from in2.endpoint.formats import Fallback
+from in2.endpoint.retry import Cancelled, EndpointError, Malformed, with_retries
+from in2.endpoint.transport import BoundedClient
 from in2.lineage.tracking import repo_root
-from in2.outputs import atomic_file
 from in2.params import InputError, OpenAIEndpointParams, OpenAIQAParams
 
 log = logging.getLogger(__name__)
@@ -47,27 +54,31 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 BATCH_DISCOUNT = 0.5
 """The Batch API bills half the online price."""
-BACKOFF_BASE_S = 1.0
-BACKOFF_MAX_S = 60.0
-RETRY_AFTER_MAX_S = 600.0
-
-
-class EndpointError(InputError):
-    """The endpoint cannot serve the requests (unreachable, refused, or kept failing)."""
+__all__ = ["EndpointError", "ResponseCache"]  # re-exported for the batch mode
 
 
 class BudgetExceeded(InputError):
     """The next request could exceed `budget_usd`; everything paid for so far is cached."""
 
 
+class Interrupted(InputError):
+    """Ctrl-C: the run stopped sending; everything received so far is cached."""
+
+
+class _OverBudget(Exception):
+    """A retry's reservation does not fit the budget: the request is given up."""
+
+
 @dataclass(frozen=True)
 class ChatRequest:
-    """A chat completion request body and its cache key."""
+    """A chat completion request body (as sent) and its cache key."""
 
     key: str
     body: dict[str, Any]
+    max_output_tokens: int
+    """The completion budget: it bounds the cost."""
     typical_output_tokens: int
-    """Expected completion length, for the typical cost estimate (`max_tokens` bounds it)."""
+    """Expected completion length, for the typical cost estimate."""
 
 
 def request_key(body: dict[str, Any]) -> str:
@@ -75,60 +86,46 @@ def request_key(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def request_of(body: dict[str, Any], typical_output_tokens: int) -> ChatRequest:
-    """A request for `body`, which must set `max_tokens` (it bounds the cost)."""
-    typical = min(typical_output_tokens, body["max_tokens"])
-    return ChatRequest(request_key(body), body, typical)
+def request_of(
+    body: dict[str, Any],
+    max_output_tokens: int,
+    typical_output_tokens: int,
+    params: OpenAIEndpointParams,
+    identity: dict[str, str] | None = None,
+) -> ChatRequest:
+    """The request sending `body` with the completion budget under `params.output_tokens_field`.
+
+    Its key names the budget `max_tokens` whatever the field (the field changes nothing the
+    model writes, and keys made before it existed stay valid), plus the model's `identity`.
+    """
+    canonical = {**body, "max_tokens": max_output_tokens}
+    if identity:
+        canonical["model_identity"] = identity
+    sent = {**body, params.output_tokens_field: max_output_tokens}
+    typical = min(typical_output_tokens, max_output_tokens)
+    return ChatRequest(request_key(canonical), sent, max_output_tokens, typical)
 
 
 def chat_request(
-    messages: list[dict[str, str]], params: OpenAIQAParams, typical_output_tokens: int
+    messages: list[dict[str, str]],
+    params: OpenAIQAParams,
+    typical_output_tokens: int,
+    response_format: dict[str, Any] | None,
 ) -> ChatRequest:
     body: dict[str, Any] = {
         "model": params.model,
         "messages": messages,
         "temperature": params.temperature,
-        "max_tokens": params.max_tokens,
     }
-    if params.json_mode:
-        body["response_format"] = {"type": "json_object"}
-    return request_of(body, typical_output_tokens)
+    if response_format is not None:
+        body["response_format"] = response_format
+    return request_of(body, params.max_tokens, typical_output_tokens, params)
 
 
 def cache_root(params: OpenAIEndpointParams) -> Path:
     """The response cache folder; a relative path is anchored at the repository root."""
     path = Path(params.cache_dir)
     return path if path.is_absolute() else repo_root() / path
-
-
-class ResponseCache:
-    """One JSON file per response: `<root>/<key[:2]>/<key>.json` = {"request", "response"}."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def __contains__(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        path = self._path(key)
-        try:
-            return json.loads(path.read_text())["response"]
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, KeyError, TypeError):
-            log.warning("ignoring unreadable cache entry %s", path)
-            return None
-
-    def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
-        with atomic_file(self._path(key), sweep=False) as tmp:
-            tmp.write_text(json.dumps({"request": request, "response": response}))
-
-    def count(self) -> int:
-        return sum(1 for _ in self.root.glob("??/*.json"))
 
 
 def token_counter(tokenizer_file: Path | None) -> Callable[[str], int]:
@@ -172,15 +169,20 @@ class ApiStats:
     cached: int = 0
     """Requests answered from the response cache (free)."""
     retries: dict[str, int] = field(default_factory=dict)
-    """Retries per cause: 429, 5xx, timeout, connection, malformed."""
+    """Retries per cause: 408, 409, 429, 5xx, timeout, connection, too_large, malformed (a body
+    that is not JSON), error_body (a 200 `{"error": ...}`), no_choices (a 200 without a reply)."""
     retry_wait_s: float = 0.0
+    refusals: int = 0
+    """Replies received in this run that are a refusal (`message.refusal`), not content."""
+    format_fallbacks: int = 0
+    """Times the server rejected `response_format` and the run stepped down (formats.py)."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
     estimated_cost_usd: float = 0.0
     """Typical cost of the requests not in the cache, estimated before the first request."""
     estimated_max_cost_usd: float = 0.0
-    """Upper bound: every completion uses `max_tokens`."""
+    """Upper bound: every completion uses its whole completion budget."""
     failed: dict[str, int] = field(default_factory=dict)
     """Batch mode: requests without a response, per reason (not cached; a re-run asks again)."""
 
@@ -191,6 +193,7 @@ class ApiStats:
         completion = int(usage.get("completion_tokens") or 0)
         cost = pricing.cost(prompt, completion)
         self.requests += 1
+        self.refusals += refusal_of(response) is not None
         self.prompt_tokens += prompt
         self.completion_tokens += completion
         self.cost_usd += cost
@@ -214,14 +217,14 @@ class Plan:
 
     @property
     def max_completion_tokens(self) -> int:
-        return sum(r.body["max_tokens"] for r in self.todo)
+        return sum(r.max_output_tokens for r in self.todo)
 
     @property
     def max_cost(self) -> float:
         return self.pricing.cost(sum(self.prompt_tokens.values()), self.max_completion_tokens)
 
     def worst_case(self, request: ChatRequest) -> float:
-        return self.pricing.cost(self.prompt_tokens[request.key], request.body["max_tokens"])
+        return self.pricing.cost(self.prompt_tokens[request.key], request.max_output_tokens)
 
     def describe(self) -> str:
         typical_out = sum(r.typical_output_tokens for r in self.todo)
@@ -251,25 +254,36 @@ def plan(
 
 
 class Budget:
-    """Reserve a request's worst case before sending it; settle with the actual cost after."""
+    """Reserve an attempt's worst case before sending it; settle with the actual cost after.
+
+    Thread-safe: retries reserve (and keep) from the request threads.
+    """
 
     def __init__(self, params: OpenAIEndpointParams) -> None:
         self.params = params
         self.limit = params.budget_usd
         self.spent = 0.0
+        """Paid, plus the kept worst cases of attempts that may have been billed."""
         self.reserved = 0.0
         self.stopped = False
+        self._lock = threading.Lock()
 
     def reserve(self, worst: float) -> bool:
-        if self.limit is not None and self.spent + self.reserved + worst > self.limit:
-            self.stopped = True
-            return False
-        self.reserved += worst
-        return True
+        with self._lock:
+            if self.limit is not None and self.spent + self.reserved + worst > self.limit:
+                self.stopped = True
+                return False
+            self.reserved += worst
+            return True
 
     def settle(self, worst: float, actual: float) -> None:
-        self.reserved -= worst
-        self.spent += actual
+        with self._lock:
+            self.reserved -= worst
+            self.spent += actual
+
+    def keep(self, worst: float) -> None:
+        """An attempt that may have been billed: its worst case counts as spent."""
+        self.settle(worst, worst)
 
     def error(self, stats: ApiStats, cache: ResponseCache) -> BudgetExceeded:
         section, output = self.params.section, self.params.output
@@ -285,8 +299,10 @@ def endpoint_url(params: OpenAIEndpointParams) -> str:
     return params.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
 
-def make_client(params: OpenAIEndpointParams) -> openai.OpenAI:
-    """An SDK client with its own retries off (ours honour Retry-After and are counted)."""
+def make_client(params: OpenAIEndpointParams, *, cap_body: bool = True) -> openai.OpenAI:
+    """An SDK client with its own retries off (ours are counted and interruptible) and every
+    attempt bounded by `timeout_s` and `max_response_mb` (in2.endpoint.transport; no size cap
+    with `cap_body=False`, for the Batch API's result files)."""
     url = endpoint_url(params)
     key = os.environ.get(params.api_key_env)
     if not key:
@@ -297,41 +313,24 @@ def make_client(params: OpenAIEndpointParams) -> openai.OpenAI:
                 "params.yaml"
             )
         key = "unused-local-key"  # a server on loopback needs none, the SDK wants one
-    return openai.OpenAI(api_key=key, base_url=url, max_retries=0, timeout=params.timeout_s)
+    cap = params.max_response_mb if cap_body else None
+    http = BoundedClient(params.timeout_s, cap, params.concurrency)
+    return openai.OpenAI(
+        api_key=key, base_url=url, max_retries=0, timeout=params.timeout_s, http_client=http
+    )
 
 
-def retry_after_s(headers: Any) -> float | None:
-    """Seconds asked for by `retry-after-ms` / `Retry-After` (seconds or an HTTP date)."""
-    if ms := headers.get("retry-after-ms"):
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _status_error(
-    err: openai.APIStatusError, url: str, params: OpenAIEndpointParams
-) -> EndpointError:
-    code, section, name = err.status_code, params.section, f"the {params.purpose} endpoint {url}"
-    if code in (401, 403):  # the server's message may quote part of the key: leave it out
-        hint = f"set the environment variable {params.api_key_env} to a valid key for it"
-        return EndpointError(f"{name} refused the API key (HTTP {code}): {hint}")
-    if code == 404:
-        hint = f"check {section}.model ({params.model!r}) and {section}.base_url (usually …/v1)"
-    else:
-        hint = f"check {section}.model ({params.model!r}) and the sampling params"
-    return EndpointError(f"{name} answered HTTP {code} ({err.message}): {hint}")
+def _reply(completion: Any) -> dict[str, Any]:
+    """The completion as a dict; raises `Malformed` unless it is a usable reply."""
+    if not isinstance(completion, openai.types.chat.ChatCompletion):
+        raise Malformed("malformed", f"not a chat completion: {str(completion)[:80]!r}")
+    response = completion.model_dump(mode="json")
+    if usable(response):
+        return response
+    extra = completion.model_extra or {}
+    if "error" in extra:
+        raise Malformed("error_body", f"a 200 with an error: {str(extra['error'])[:80]}")
+    raise Malformed("no_choices", "a 200 without choices[0].message.content")
 
 
 @dataclass
@@ -341,61 +340,69 @@ class Fetched:
     """(cause, seconds waited) per retry."""
 
 
-def fetch(
-    client: openai.OpenAI, request: ChatRequest, cache: ResponseCache, params: OpenAIEndpointParams
-) -> Fetched:
-    """One request with retries; the response is cached before it is returned."""
-    url = str(client.base_url)
+@dataclass(frozen=True)
+class _Run:
+    """What the request threads of one `run_online` share."""
+
+    client: openai.OpenAI
+    cache: ResponseCache
+    params: OpenAIEndpointParams
+    budget: Budget
+    stop: threading.Event
+    fallback: Fallback
+
+
+def fetch(run: _Run, request: ChatRequest, worst: float) -> Fetched:
+    """One request with retries; the reply is cached before it is returned.
+
+    `worst` is reserved for the first attempt. An attempt that timed out, lost its connection or
+    got a body it could not use may have been billed by a real server (it may have generated the
+    whole reply): its reservation is kept as spent, and the next attempt reserves anew. On
+    failure the reservations are settled here; on success the caller settles the last one.
+    """
+    url = str(run.client.base_url)
     retries: list[tuple[str, float]] = []
-    while True:
-        attempt = len(retries)
-        asked: float | None = None
-        try:
-            completion = client.chat.completions.create(**request.body)
-            if not isinstance(completion, openai.types.chat.ChatCompletion):
-                raise ValueError(f"not a chat completion: {str(completion)[:80]!r}")
-            response = completion.model_dump(mode="json")
-            cache.put(request.key, request.body, response)
-            return Fetched(response, retries)
-        except ValueError:  # a 200 whose body is cut JSON or not JSON: a server fault, not cached
-            cause = "malformed"
-        except openai.APIStatusError as err:
-            if err.status_code != 429 and err.status_code < 500:
-                raise _status_error(err, url, params) from None
-            cause = "429" if err.status_code == 429 else "5xx"
-            asked = retry_after_s(err.response.headers)
-        except openai.APITimeoutError:
-            cause = "timeout"
-        except openai.APIConnectionError:
-            cause = "connection"
-        if attempt == params.max_retries:
-            section, name = params.section, f"the {params.purpose} endpoint {url}"
-            if cause == "connection":
-                raise EndpointError(
-                    f"cannot reach {name} (after {attempt + 1} attempt(s)): start the server "
-                    "(e.g. `transformers serve FOLDER --port N` or vLLM) or fix "
-                    f"{section}.base_url / OPENAI_BASE_URL; responses received so far are cached "
-                    "and a re-run resumes from them"
-                ) from None
-            raise EndpointError(
-                f"{name} kept failing ({cause}, {attempt + 1} attempt(s)); responses received so "
-                f"far are cached and a re-run resumes from them; raise {section}.max_retries or "
-                f"{section}.timeout_s, or lower {section}.concurrency"
-            ) from None
-        if asked is not None:
-            delay = min(asked, RETRY_AFTER_MAX_S)
-        else:
-            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * random.uniform(0.5, 1.0)
-        log.warning(
-            "%s: request to %s failed (%s), retry %d in %.1f s",
-            params.section,
-            url,
-            cause,
-            attempt + 1,
-            delay,
-        )
+    maybe_billed = False
+
+    def attempt() -> dict[str, Any]:
+        nonlocal maybe_billed
+        maybe_billed = False
+        while True:
+            body = run.fallback.apply(request.body)
+            try:
+                completion = run.client.chat.completions.create(**body)
+            except openai.BadRequestError as err:
+                if run.fallback.step_down(body, err):
+                    continue  # the same attempt, in the next format: the 400 cost nothing
+                raise
+            except openai.APIConnectionError:  # timeouts, disconnects, bodies over the cap
+                maybe_billed = True
+                raise
+            except ValueError as err:  # a 200 whose body is cut JSON or not JSON
+                maybe_billed = True
+                raise Malformed("malformed", str(err)) from None
+            return _reply(completion)
+
+    def on_retry(cause: str, delay: float) -> None:
         retries.append((cause, delay))
-        time.sleep(delay)
+        if maybe_billed:
+            run.budget.keep(worst)
+            if not run.budget.reserve(worst):
+                raise _OverBudget
+
+    try:
+        response = with_retries(attempt, run.params, url, stop=run.stop, on_retry=on_retry)
+    except EndpointError:
+        if maybe_billed:
+            run.budget.keep(worst)
+        else:
+            run.budget.settle(worst, 0.0)
+        raise
+    except Cancelled:
+        run.budget.settle(worst, 0.0)
+        raise
+    run.cache.put(request.key, request.body, response)
+    return Fetched(response, retries)
 
 
 def run_online(
@@ -409,35 +416,52 @@ def run_online(
     """Send the planned requests, at most `concurrency` in flight, within the budget (a fresh
     one, or `budget` when several calls share one).
 
-    On an endpoint error or the budget limit no new request is sent; those in flight finish (and
-    are cached) before the error is raised.
+    On an endpoint error, the budget limit or Ctrl-C no new request is sent; those in flight
+    finish (and are cached) before the error is raised.
     """
     budget = budget or Budget(params)
+    run = _Run(client, cache, params, budget, threading.Event(), Fallback())
     error: EndpointError | None = None
     pending: dict[Future[Fetched], tuple[ChatRequest, float]] = {}
-    todo = iter(work.todo)
     with (
+        Claims(cache.root / "claims") as claims,
         ThreadPoolExecutor(params.concurrency, thread_name_prefix=params.purpose) as pool,
         tqdm(total=len(work.todo), desc=f"{params.purpose} requests") as bar,
     ):
+        todo, exhausted = _claimed(work.todo, claims, run, stats, bar), False
         while True:
-            while error is None and not budget.stopped and len(pending) < params.concurrency:
-                request = next(todo, None)
-                if request is None:
+            while not (error or budget.stopped or run.stop.is_set()):
+                if len(pending) == params.concurrency:
+                    break
+                if (request := next(todo, None)) is None:
+                    exhausted = True
+                    break
+                if request is LATER:  # the rest is another run's: look again in a while
                     break
                 worst = work.worst_case(request)
                 if budget.reserve(worst):
-                    pending[pool.submit(fetch, client, request, cache, params)] = request, worst
+                    pending[pool.submit(fetch, run, request, worst)] = request, worst
+                else:
+                    claims.release(request.key)
             if not pending:
-                break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                if exhausted or error or budget.stopped or run.stop.is_set():
+                    break
+                run.stop.wait(CLAIM_POLL_S)
+                continue
+            try:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                _interrupt(run, len(pending))
+                continue
             for future in done:
                 request, worst = pending.pop(future)
+                claims.release(request.key)  # cached, or failed: another run may ask
                 try:
                     fetched = future.result()
-                except EndpointError as err:
+                except EndpointError as err:  # fetch has settled its reservations
                     error = error or err
-                    budget.settle(worst, 0.0)
+                    continue
+                except (Cancelled, _OverBudget):
                     continue
                 for cause, delay in fetched.retries:  # stats change on this thread only
                     stats.retries[cause] = stats.retries.get(cause, 0) + 1
@@ -447,7 +471,88 @@ def run_online(
                 )
                 budget.settle(worst, cost)
                 bar.update()
+    stats.format_fallbacks += run.fallback.steps
+    if run.stop.is_set():
+        raise Interrupted(
+            f"{params.section}: interrupted (Ctrl-C): {stats.requests} response(s) received in "
+            f"this run, {cache.count()} in all, are cached in {cache.root}; nothing was written "
+            f"to {params.output}; re-running resumes from the cache"
+        )
     if error is not None:
         raise error
     if budget.stopped:
         raise budget.error(stats, cache)
+
+
+CLAIM_POLL_S = 1.0
+"""How often a run waiting for requests that another run is sending looks at the cache."""
+LATER = ChatRequest("", {}, 0, 0)
+"""What `_claimed` yields when nothing can be sent now (the rest is another run's)."""
+
+
+def _claimed(
+    requests: list[ChatRequest], claims: Claims, run: _Run, stats: ApiStats, bar: tqdm
+) -> Iterator[ChatRequest]:
+    """The requests this run may send, each claimed first (in2.endpoint.claims), so that runs
+    sharing a cache (queued experiments) never pay for one request twice.
+
+    A request another live run holds is put off; once the rest is sent, the run looks every
+    CLAIM_POLL_S for the other's reply in the cache (counted as cached) or for its claim to
+    lapse (then sends it itself), yielding LATER in between, so that it never blocks the
+    replies of its own requests in flight. A request cached by another run since the plan was
+    made is not sent.
+    """
+    held: list[ChatRequest] = []
+    for request in requests:
+        if not claims.claim(request.key):
+            held.append(request)
+        elif _still_missing(request, claims, run, stats, bar):
+            yield request
+    if held:
+        log.info(
+            "%s: %d request(s) are being sent by another run; waiting for them",
+            run.params.section,
+            len(held),
+        )
+    looked = time.monotonic()
+    while held:
+        if time.monotonic() - looked < CLAIM_POLL_S:
+            yield LATER
+            continue
+        looked, waiting = time.monotonic(), []
+        for request in held:
+            if request.key in run.cache:
+                stats.cached += 1
+                bar.update()
+            elif not claims.claim(request.key):
+                waiting.append(request)
+            elif _still_missing(request, claims, run, stats, bar):
+                yield request
+        held = waiting
+
+
+def _still_missing(
+    request: ChatRequest, claims: Claims, run: _Run, stats: ApiStats, bar: tqdm
+) -> bool:
+    """Whether a claimed request still needs sending: another run may have cached its reply
+    between the plan and the claim (then the claim is given back and it counts as cached)."""
+    if request.key not in run.cache:
+        return True
+    claims.release(request.key)
+    stats.cached += 1
+    bar.update()
+    return False
+
+
+def _interrupt(run: _Run, in_flight: int) -> None:
+    """First Ctrl-C: stop sending and end the retry waits; a second one ends the process."""
+    if run.stop.is_set():
+        raise KeyboardInterrupt
+    run.stop.set()
+    log.warning(
+        "%s: interrupted: no new requests; waiting for the %d in flight (at most %g s; Ctrl-C "
+        "again to quit without them)",
+        run.params.section,
+        in_flight,
+        run.params.timeout_s,
+    )

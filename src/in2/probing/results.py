@@ -33,6 +33,8 @@ class TaskRun:
     strict: PositionCurve
     """The strict variant of the metric (`TaskSpec.strict_metric`), over every set."""
     seconds: float
+    empty_answers: int | None = None
+    """API runner: answers without text (content "" or a refusal); in scores.json per task."""
 
 
 def by_context(contexts: list[dict], queries: list[dict]) -> Iterator[tuple[dict, list[dict]]]:
@@ -89,12 +91,17 @@ def task_run(
 
 def scores_summary(runs: Mapping[str, TaskRun]) -> dict[str, object]:
     """`scores.json`: each task's curve, Avg and Gap (with those of each context length under
-    `by_length` and the strict variant under `strict`), plus the paper's "All" column."""
-    return summary(
+    `by_length`, the strict variant under `strict` and, from the API runner, `empty_answers`),
+    plus the paper's "All" column."""
+    scores = summary(
         {task: run.curve for task, run in runs.items()},
         by_length={task: run.by_length for task, run in runs.items()},
         strict={task: run.strict for task, run in runs.items()},
     )
+    for task, run in runs.items():
+        if run.empty_answers is not None:
+            scores[task]["empty_answers"] = run.empty_answers  # type: ignore[index]
+    return scores
 
 
 def log_scores(mlflow: Any, runs: Mapping[str, TaskRun], scores: Mapping[str, Any]) -> None:

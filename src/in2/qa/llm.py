@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel, Field
 
 from in2 import layout
 from in2.endpoint.batch import run_batch
@@ -37,6 +38,7 @@ from in2.endpoint.client import (
     run_online,
     token_counter,
 )
+from in2.endpoint.formats import response_format
 from in2.lineage.tracking import repo_root
 from in2.params import OpenAIQAParams, QAParams
 from in2.qa.pairs import Gold, QAStats, qa_frame, qa_row, select_candidates
@@ -81,6 +83,30 @@ In "segments_used" list the numbers of the passages the answer needs (at least t
 Reply with JSON only:
 {{"question": "...", "answer": "...", "segments_used": [1, 2], "evidence": ["...", "..."]}}"""
 
+
+class FineGrainedReply(BaseModel):
+    """The reply asked for by FINE_GRAINED_PROMPT (its JSON schema is sent as structured output)."""
+
+    question: str
+    answer: str
+    evidence: str = Field(description="one short exact quote (at most 12 words) from the passage")
+
+
+class IntegrationReply(BaseModel):
+    """The reply asked for by INTEGRATION_PROMPT."""
+
+    question: str
+    answer: str
+    segments_used: list[int] = Field(description="numbers of the passages the answer needs")
+    evidence: list[str] = Field(description="one short exact quote from each passage used")
+
+
+REPLY_MODELS: dict[str, type[BaseModel]] = {
+    "fine_grained": FineGrainedReply,
+    "integration": IntegrationReply,
+}
+"""The shape of each kind's reply; `parse_reply` still validates what comes back (a server in
+`json_object` / `text` mode, or one that ignores the schema, may send anything)."""
 TYPICAL_OUTPUT_TOKENS = {"fine_grained": 80, "integration": 130}
 """Typical completion lengths of the two prompts, for the cost estimate."""
 MAX_QUESTION_CHARS = 500
@@ -146,13 +172,16 @@ def _used_segments(value: Any, n: int) -> list[int] | str:
 
 def parse_reply(response: dict[str, Any], kind: str, texts: list[str]) -> Reply | str:
     """Validate a chat completion for a QA pair of `kind` about `texts`; a str is the reject
-    reason (no_content, invalid_json, truncated, missing_field, empty_field, too_long,
+    reason (no_content, refusal, invalid_json, truncated, missing_field, empty_field, too_long,
     copies_question, refers_to_context, bad_segments_used, too_few_segments)."""
     try:
         choice = response["choices"][0]
-        content = choice["message"]["content"] or ""
+        message = choice["message"]
     except (KeyError, IndexError, TypeError):
         return "no_content"
+    if message.get("refusal"):
+        return "refusal"
+    content = message.get("content") or ""
     reply = _json_object(content)
     if reply is None:
         return "truncated" if choice.get("finish_reason") == "length" else "invalid_json"
@@ -212,10 +241,10 @@ def generate_openai_qa(
     text = dict(zip(ids, asked["text"], strict=True))
     doc = dict(zip(ids, asked["doc_id"].astype(str), strict=True))
     jobs = [
-        _Job("fine_grained", [s], doc[s], _request("fine_grained", [text[s]], p))
+        _Job("fine_grained", [s], doc[s], qa_request("fine_grained", [text[s]], p))
         for s in candidates.fine_grained
     ] + [
-        _Job("integration", segs, d, _request("integration", [text[s] for s in segs], p))
+        _Job("integration", segs, d, qa_request("integration", [text[s] for s in segs], p))
         for d, segs in candidates.integration
     ]
     cache = ResponseCache(cache_root(p))
@@ -233,7 +262,7 @@ def generate_openai_qa(
     log.info("qa (openai, %s at %s): %s", p.model, endpoint_url(p), work.describe())
     if work.todo:
         run = run_batch if p.mode == "batch" else run_online
-        run(make_client(p), work, cache, p, api)
+        run(make_client(p, cap_body=p.mode == "online"), work, cache, p, api)
     api.cost_usd = round(api.cost_usd, 6)
     api.retry_wait_s = round(api.retry_wait_s, 3)
 
@@ -262,8 +291,10 @@ def generate_openai_qa(
     return qa_frame(rows), stats
 
 
-def _request(kind: str, texts: list[str], params: OpenAIQAParams) -> ChatRequest:
-    return chat_request(messages(kind, texts), params, TYPICAL_OUTPUT_TOKENS[kind])
+def qa_request(kind: str, texts: list[str], params: OpenAIQAParams) -> ChatRequest:
+    """The request for one QA pair of `kind` about `texts`, its reply shaped as configured."""
+    shape = response_format(params.response_format, REPLY_MODELS[kind])
+    return chat_request(messages(kind, texts), params, TYPICAL_OUTPUT_TOKENS[kind], shape)
 
 
 def _prompt_counter(
