@@ -28,10 +28,10 @@ def quotes(text: str, cue: str) -> bool:
 
 def test_index_finds_exactly_the_quotes_of_the_definition():
     rng = random.Random(0)
-    texts = [prose(rng, rng.randint(0, 40)) for _ in range(2000)]
+    texts = [prose(rng, rng.randint(0, 40)) for _ in range(800)]
     texts = [t if i % 2 else t.encode("ascii", "ignore").decode() for i, t in enumerate(texts)]
     cues = []
-    for _ in range(300):  # each row: cues quoted from some text, of 1 to 12 words, or none
+    for _ in range(150):  # each row: cues quoted from some text, of 1 to 12 words, or none
         row = []
         for _ in range(rng.randint(0, 3)):
             ws = rng.choice(texts).split(" ")
@@ -40,7 +40,7 @@ def test_index_finds_exactly_the_quotes_of_the_definition():
         cues.append(row)
     cues.append(["—", ""])  # no word at all: cannot be quoted
     seg_ids = np.arange(len(texts)) + 1000  # ids are not positions
-    index = CueIndex.build(cues, [(seg_ids[:700], texts[:700]), (seg_ids[700:], texts[700:])])
+    index = CueIndex.build(cues, [(seg_ids[:300], texts[:300]), (seg_ids[300:], texts[300:])])
     rows = index.row_cues(cues)
     assert rows.counts[-1] == 0
     row_of = np.repeat(np.arange(len(cues)), rows.counts)

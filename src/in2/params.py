@@ -197,7 +197,8 @@ class OpenAIEndpointParams(_Section):
     """Largest response body read; a bigger one is a failed attempt, not a memory blow-up."""
     output_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     """Name the completion budget is sent under: OpenAI's current models (o-series, GPT-5) reject
-    `max_tokens`; servers that know only `max_tokens` (older vLLM, `transformers serve`) need it."""
+    `max_tokens`; servers that know only `max_tokens` (vLLM before it took the new name) need it;
+    the pinned `transformers serve` takes both."""
     cache_dir: str
     """On-disk response cache (outside every DVC output), so no call is ever paid for twice."""
     price_per_1m_input: float = Field(10.0, ge=0)
