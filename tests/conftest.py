@@ -216,3 +216,15 @@ def git_commit(repo: Path, env: dict[str, str], msg: str) -> None:
     """Commit everything in `repo` (git-ignored DVC outputs stay out)."""
     run_ok(["git", "add", "-A"], repo, env)
     run_ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", msg], repo, env)
+
+
+def qa_segments(n_docs: int, per_doc: int) -> pd.DataFrame:
+    """Segments with text, as the QA generators read them: words unique to document and place."""
+    rows = []
+    for d in range(n_docs):
+        for j in range(per_doc):
+            words = " ".join(f"d{d}s{j}w{k}" for k in range(40))
+            rows.append(
+                {"seg_id": len(rows), "doc_id": f"doc{d}", "index_in_doc": j, "text": f"{words}."}
+            )
+    return pd.DataFrame(rows)

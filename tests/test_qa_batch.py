@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import git_commit, run_ok, smoke_repo_copy, write_random_segments
+from conftest import git_commit, qa_segments, run_ok, smoke_repo_copy, write_random_segments
 
 import in2.endpoint.retry
 from in2.endpoint.claims import Claims
@@ -46,17 +46,6 @@ def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 def stub(tmp_path: Path) -> Iterator[Store]:
     with serve(tmp_path / "stub", failed_share=0.0) as store:
         yield store
-
-
-def segments(n_docs: int, per_doc: int) -> pd.DataFrame:
-    rows = []
-    for d in range(n_docs):
-        for j in range(per_doc):
-            words = " ".join(f"d{d}s{j}w{k}" for k in range(40))
-            rows.append(
-                {"seg_id": len(rows), "doc_id": f"doc{d}", "index_in_doc": j, "text": f"{words}."}
-            )
-    return pd.DataFrame(rows)
 
 
 def qa_params(url: str, cache: Path, **openai: Any) -> QAParams:
@@ -145,7 +134,7 @@ def test_a_lost_create_reply_is_found_again_not_paid_twice(stub, tmp_path):
     actions = iter(["lost"])
     stub.create_hook = lambda body: next(actions, "answer")
     stub.fail_next["batches.list"] = 1
-    _, stats = generate_openai_qa(segments(3, 2), qa_params(stub.url, tmp_path), seed=0)
+    _, stats = generate_openai_qa(qa_segments(3, 2), qa_params(stub.url, tmp_path), seed=0)
     assert stub.created == 1 and stub.calls["batches.create"] == 1
     assert set(stub.sent.values()) == {1} and len(stub.sent) == 9
     assert stats.api["retries"] == {"connection": 1, "5xx": 1}
@@ -157,7 +146,7 @@ def test_every_batch_api_call_is_retried(stub, tmp_path):
     and counted; the run completes with one batch."""
     for route in ("files.create", "batches.create", "batches.retrieve", "files.content"):
         stub.fail_next[route] = 1
-    _, stats = generate_openai_qa(segments(3, 2), qa_params(stub.url, tmp_path), seed=0)
+    _, stats = generate_openai_qa(qa_segments(3, 2), qa_params(stub.url, tmp_path), seed=0)
     assert stats.api["retries"] == {"5xx": 4} and stats.api["requests"] == 9
     assert stub.created == 1 and stub.calls["batches.create"] == 2  # the 500 made no batch
     assert stub.calls["files.create"] == 2 and stub.calls["batches.list"] == 1  # checked first
@@ -197,7 +186,7 @@ def test_allowed_failures_succeed_and_say_so(stub, tmp_path, caplog):
     stub.failed_share, stub.expired_share = 0.15, 0.15
     params = qa_params(stub.url, tmp_path, allow_failed_requests=True)
     with caplog.at_level(logging.WARNING):
-        _, stats = generate_openai_qa(segments(10, 2), params, seed=0)
+        _, stats = generate_openai_qa(qa_segments(10, 2), params, seed=0)
     failed = {k: stub.outcomes[k] for k in ("batch_expired", "server_error")}
     assert all(failed.values()) and stats.api["failed"] == failed
     n = sum(failed.values())
@@ -216,13 +205,13 @@ def test_a_batch_that_fails_validation_keeps_its_message(stub, tmp_path):
     nothing is left pending, so the re-run submits afresh."""
     stub.validation_error = "Line 1: the model gpt-4-turbo is not available for batch"
     with pytest.raises(EndpointError) as err:
-        generate_openai_qa(segments(2, 2), qa_params(stub.url, tmp_path), seed=0)
+        generate_openai_qa(qa_segments(2, 2), qa_params(stub.url, tmp_path), seed=0)
     assert str(err.value) == (
         "batch batch-000002 failed validation: Line 1: the model gpt-4-turbo is not available "
         "for batch"
     )
     assert not list((tmp_path / "batches").iterdir())
-    generate_openai_qa(segments(2, 2), qa_params(stub.url, tmp_path), seed=0)
+    generate_openai_qa(qa_segments(2, 2), qa_params(stub.url, tmp_path), seed=0)
     assert stub.created == 2 and len(stub.sent) == 6
 
 
@@ -237,7 +226,7 @@ def test_two_runs_on_one_cache_send_each_request_once(stub, tmp_path):
     results: dict[str, Any] = {}
 
     def run(name: str) -> None:
-        results[name] = generate_openai_qa(segments(8, 2), params, seed=0)
+        results[name] = generate_openai_qa(qa_segments(8, 2), params, seed=0)
 
     threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
     for t in threads:

@@ -29,6 +29,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import free_port, transformers_serve, write_random_segments
+from conftest import qa_segments as segments
 from openai_stub import FAULTS, Stub, message_key, serve_stub
 
 import in2.endpoint.batch
@@ -51,17 +52,6 @@ def stub() -> Iterator[Stub]:
 @pytest.fixture(autouse=True)
 def _fast_backoff(monkeypatch):
     monkeypatch.setattr(in2.endpoint.retry, "BACKOFF_BASE_S", 0.05)
-
-
-def segments(n_docs: int, per_doc: int) -> pd.DataFrame:
-    rows = []
-    for d in range(n_docs):
-        for j in range(per_doc):
-            words = " ".join(f"d{d}s{j}w{k}" for k in range(40))
-            rows.append(
-                {"seg_id": len(rows), "doc_id": f"doc{d}", "index_in_doc": j, "text": f"{words}."}
-            )
-    return pd.DataFrame(rows)
 
 
 def qa_params(url: str, cache: Path, **openai: Any) -> QAParams:
