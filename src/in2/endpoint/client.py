@@ -430,27 +430,27 @@ def run_online(
     ):
         todo, exhausted = _claimed(work.todo, claims, run, stats, bar), False
         while True:
-            while not (error or budget.stopped or run.stop.is_set()):
-                if len(pending) == params.concurrency:
-                    break
-                if (request := next(todo, None)) is None:
-                    exhausted = True
-                    break
-                if request is LATER:  # the rest is another run's: look again in a while
-                    break
-                worst = work.worst_case(request)
-                if budget.reserve(worst):
-                    pending[pool.submit(fetch, run, request, worst)] = request, worst
-                else:
-                    claims.release(request.key)
-            if not pending:
-                if exhausted or error or budget.stopped or run.stop.is_set():
-                    break
-                run.stop.wait(CLAIM_POLL_S)
-                continue
             try:
+                while not (error or budget.stopped or run.stop.is_set()):
+                    if len(pending) == params.concurrency:
+                        break
+                    if (request := next(todo, None)) is None:
+                        exhausted = True
+                        break
+                    if request is LATER:  # the rest is another run's: look again in a while
+                        break
+                    worst = work.worst_case(request)
+                    if budget.reserve(worst):
+                        pending[pool.submit(fetch, run, request, worst)] = request, worst
+                    else:
+                        claims.release(request.key)
+                if not pending:
+                    if exhausted or error or budget.stopped or run.stop.is_set():
+                        break
+                    run.stop.wait(CLAIM_POLL_S)
+                    continue
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # wherever it lands: a retry may be waiting in a thread
                 _interrupt(run, len(pending))
                 continue
             for future in done:
