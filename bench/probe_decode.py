@@ -42,6 +42,7 @@ def main() -> None:
     from in2.params import ProbeParams
     from in2.probing import local
     from in2.probing.build import read_probes
+    from in2.probing.metrics import Bins
     from in2.probing.tasks import answer_budget
     from in2.prompting import PromptEncoder
 
@@ -65,7 +66,7 @@ def main() -> None:
             local.attend_with_lse = attention[kind]  # what shared_prefix_attention calls
             decoding = local.Decoding.of(encoder, budget, int(batch))
             started = time.perf_counter()
-            run = local.run_task(model, encoder, args.task, contexts, queries, decoding, 5)
+            run = local.run_task(model, encoder, args.task, contexts, queries, decoding, Bins(5))
             seconds[variant].append(time.perf_counter() - started)
             answers[variant] = [p["prediction"] for p in run.predictions]
     first = statistics.median(seconds[variants[0]])

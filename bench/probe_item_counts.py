@@ -1,12 +1,16 @@
 """Items per context of the VaL probe sets built from the paper's pieces, Mistral-7B tokenizer.
 
 The paper's released 32K probes hold 800 / 800 / 750 items per context (document / code /
-database). This builds the sets with the project's builder (in2.probing.tasks.build_probes) from the
-paper's pieces and counts tokens with the Mistral-7B (v1, 32K vocabulary) SentencePiece model that
-the `mistral-common` package ships (offline: `mistral_common/data/tokenizer.model.v1`), through
-in2.prompting.PromptEncoder exactly as the probe_data stage counts them.
+database). This builds the sets with the project's builder (in2.probing.build.build_probes) from
+the paper's pieces and counts tokens with the Mistral-7B (v1, 32K vocabulary) SentencePiece model
+that the `mistral-common` package ships (offline: `mistral_common/data/tokenizer.model.v1`),
+through in2.prompting.PromptEncoder exactly as the probe_data stage counts them: by default
+filling the token target, with `--items-per-context` taking the paper's counts
+(`probe.items_per_context`) and reporting the tokens they make.
 
     PYTHONPATH=src python bench/probe_item_counts.py --pieces ../shared/data/valprobing
+    PYTHONPATH=src python bench/probe_item_counts.py --pieces ../shared/data/valprobing \
+        --items-per-context 800 800 750
 """
 
 from __future__ import annotations
@@ -46,7 +50,19 @@ def main() -> None:
     parser.add_argument("--context-tokens", type=int, nargs="+", default=[32768])
     parser.add_argument("--sets", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--items-per-context",
+        type=int,
+        nargs=len(PROBE_TASKS.names()),
+        metavar="N",
+        help=f"items per context of {', '.join(PROBE_TASKS.names())} (paper: 800 800 750)",
+    )
     args = parser.parse_args()
+    counts = (
+        dict(zip(PROBE_TASKS.names(), args.items_per_context, strict=True))
+        if (args.items_per_context)
+        else None
+    )
 
     encoder = PromptEncoder.create(MistralV1(), "film")  # type: ignore[arg-type]
     sources = ProbeSources(
@@ -54,7 +70,7 @@ def main() -> None:
     )
     started = time.perf_counter()
     probes = build_probes(
-        sources, encoder, list(PROBE_TASKS), args.context_tokens, args.sets, args.seed
+        sources, encoder, list(PROBE_TASKS), args.context_tokens, args.sets, args.seed, counts
     )
     print(f"built in {time.perf_counter() - started:.0f} s")
     print(

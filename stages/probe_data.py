@@ -1,10 +1,11 @@
 """Stage probe_data: build the VaL probing sets in data/probes/ (see in2.probing.tasks).
 
 Reads the base model's tokenizer (contexts are filled to each length of params
-probe.context_tokens in that tokenizer's tokens) and the items' raw material: by default the
-held-out documents of the corpus stage and the running interpreter's standard library, or, for a
-task the held-out documents cannot fill (a corpus without titles), the wiki_offline package's
-(in2.probing.fallback); with params probe.pieces, the paper's pieces in that folder.
+probe.context_tokens in that tokenizer's tokens, or hold probe.items_per_context items) and the
+items' raw material: by default the held-out documents of the corpus stage and the running
+interpreter's standard library, or, for a task the held-out documents cannot fill (a corpus
+without titles), the wiki_offline package's (in2.probing.fallback); with params probe.pieces,
+the paper's pieces in that folder.
 """
 
 from pathlib import Path
@@ -36,6 +37,7 @@ def main(params, args) -> None:
         params.probe.context_tokens,
         params.probe.sets_per_task,
         params.seed,
+        params.probe.items_per_context,
     )
     write_probes(probes, OUT)
     log.info("wrote %s", OUT)

@@ -5,7 +5,7 @@ Reads results/probe/base/ and results/probe/in2/ (scores.json and the prediction
 see in2.report.tables and in2.report.bootstrap), the data card's inputs metrics/synthesize.json
 and reports/data_quality/summary.json, and the MLflow store for the run ids of the train and
 probe runs, to which it attaches each model's figures. Logs the MLflow run `report`: per task
-the Avg difference and its interval.
+the Avg and the Gap differences and their intervals.
 """
 
 import json
@@ -16,7 +16,7 @@ from in2.lineage.tracking import input_tags, mlflow_run, stage_inputs, tracking_
 from in2.report.bootstrap import compare_models
 from in2.report.page import PageContent, write_page
 from in2.report.runs import attach_figures, find_run_ids
-from in2.report.tables import load_scores, write_report
+from in2.report.tables import load_scores, read_predictions, table1_scores, write_report
 from in2.stage import log, run_stage
 
 MODELS = ("base", "in2")
@@ -35,30 +35,37 @@ def main(params, args) -> None:
     scores = load_scores({m: layout.probe_results(m) / "scores.json" for m in MODELS})
     card = {stage: read_json(stage, path) for stage, path in DATA_CARD.items()}
     tasks = params.probe.tasks
-    comparison = compare_models(layout.PROBE_RESULTS, tasks, params.probe.bin_size, params.seed)
+    probe = params.probe
+    predictions = read_predictions(layout.PROBE_RESULTS, MODELS, tasks)
+    comparison = compare_models(predictions, tasks, probe.bin_size, probe.binning)
+    table1 = table1_scores(predictions, MODELS, tasks, probe.bin_size)
     write_report(scores, tasks, OUT, comparison)
     uri = tracking_uri()
     run_ids = find_run_ids(uri)
     attach_figures(uri, run_ids, scores, tasks)
     content = PageContent(
-        scores, tasks, card["synthesize"], card["validate"], run_ids, uri, comparison
+        scores, tasks, card["synthesize"], card["validate"], run_ids, uri, comparison, table1
     )
     figures = [OUT / "probe_curves.png", *(OUT / f"heatmap_{m}.png" for m in MODELS)]
     write_page(content, figures, OUT / "index.html")
 
     tags = input_tags(stage_inputs("report") or [layout.probe_results(m) for m in MODELS])
     tags |= {f"{name}_run_id": run_id for name, run_id in run_ids.items() if run_id}
-    with mlflow_run("report", params={"bin_size": params.probe.bin_size}, tags=tags) as mlflow:
+    logged = {"bin_size": probe.bin_size, "binning": probe.binning}
+    with mlflow_run("report", params=logged, tags=tags) as mlflow:
         for variant, by_task in comparison.items():
             prefix = "" if variant == "paper" else "strict_"
             for task, c in by_task.items():
                 for name in ("diff", "ci_low", "ci_high"):
                     mlflow.log_metric(f"{task}_{prefix}avg_{name}", c[name])
+                    mlflow.log_metric(f"{task}_{prefix}gap_{name}", c[f"gap_{name}"])
         mlflow.log_dict(comparison, "comparison.json")
     for task, c in comparison["strict"].items():
         log.info(
-            "%s (strict): base %.3f, in2 %.3f, diff %+.3f, 95%% CI [%+.3f, %+.3f]",
+            "%s (strict): Avg base %.3f, in2 %.3f, diff %+.3f, 95%% CI [%+.3f, %+.3f]; "
+            "Gap diff %+.3f, 95%% CI [%+.3f, %+.3f]",
             *(task, c["base"], c["trained"], c["diff"], c["ci_low"], c["ci_high"]),
+            *(c["gap_diff"], c["gap_ci_low"], c["gap_ci_high"]),
         )
     written = ("probe_curves.png", "scores.md", "comparison.json", "index.html")
     log.info("wrote %s", ", ".join(str(OUT / name) for name in written))

@@ -13,6 +13,7 @@ from in2.cli import main
 from in2.model import load_model, load_tokenizer
 from in2.params import InputError
 from in2.probing.local import Decoding, run_task
+from in2.probing.metrics import Bins
 from in2.probing.official import read_official_probes, read_predictions, score_official
 from in2.prompting import INSTRUCTION_HEAD, INSTRUCTION_MID, PromptEncoder
 
@@ -62,7 +63,7 @@ def test_document_scores_in_the_samples_format(document: Path, tmp_path: Path) -
     preds = write_lines(
         tmp_path / "p.jsonl", [{"samples": [p, "ignored"]} for p in DOC_PREDICTIONS]
     )
-    curve = score_official("document", document, preds, None, bin_size=2)
+    curve = score_official("document", document, preds, None, bin_size=2, binning="all")
     # set 0 bins: (1 + .5)/2 = .75, (0 + 1)/2 = .5; set 1 bins: (0 + .5)/2 = .25, (1 + .25)/2 = .625
     assert curve.bins == [0.5, 0.5625]
     assert curve.bins_std == [0.25, 0.0625]
@@ -75,7 +76,7 @@ def test_skip_listed_rows_are_left_out(document: Path, tmp_path: Path) -> None:
     preds = write_lines(tmp_path / "p.jsonl", [{"sample": p} for p in DOC_PREDICTIONS])
     skip = tmp_path / "skip.json"
     skip.write_text("[1, 6]")  # set 0 position 1 (score .5), set 1 position 2 (score 1)
-    curve = score_official("document", document, preds, skip, bin_size=2)
+    curve = score_official("document", document, preds, skip, bin_size=2, binning="all")
     # set 0 bins: 1, (0 + 1)/2 = .5; set 1 bins: (0 + .5)/2 = .25, .25
     assert curve.bins == [0.625, 0.375]
     assert curve.bins_std == [0.375, 0.125]
@@ -97,17 +98,83 @@ def test_cli_writes_the_probe_stage_scores_json(tmp_path: Path, capsys) -> None:
             *("--predictions", str(preds), "--bin-size", "2", "--out", str(out)),
         ]
     )
-    # bins: set 0 -> 1, 0; set 1 -> .5, 1; means .75, .5; std .25, .5
+    # the paper's binning (the default) scores positions 0 and 2 only, the first of each bin:
+    # bins: set 0 -> 1, 0; set 1 -> 1, 1; means 1, .5; std 0, .5
     curve = {
-        "bins": [0.75, 0.5],
-        "bins_std": [0.25, 0.5],
-        "avg": 0.625,
-        "gap": 0.25,
-        "n_queries": 8,
+        "bins": [1.0, 0.5],
+        "bins_std": [0.0, 0.5],
+        "avg": 0.75,
+        "gap": 0.5,
+        "n_queries": 4,
         "bin_size": 2,
+        "binning": "paper",
     }
-    assert json.loads(out.read_text()) == {"database": curve, "all": {"avg": 0.625, "gap": 0.25}}
-    assert "database Avg 0.6250, Gap 0.2500 over 8 queries" in capsys.readouterr().out
+    assert json.loads(out.read_text()) == {"database": curve, "all": {"avg": 0.75, "gap": 0.5}}
+    assert "database Avg 0.7500, Gap 0.5000 over 4 queries in bins of 2 (paper binning)" in (
+        capsys.readouterr().out
+    )
+
+
+def plot_py_avg_gap(
+    rows: list[dict], predictions: list[str], skip: list[int], total_len: int, span_len: int
+) -> tuple[float, float]:
+    """The document task of microsoft/FILM VaLProbing/plot.py, transcribed line for line (its
+    loops, its `range(span_start, span_end)` with `span_end = start + span_len - 1`)."""
+    set_ids = sorted({f"set_{r['set_id']}" for r in rows})
+    position2acc = {s: {i: [] for i in range(total_len)} for s in set_ids}
+    for idx, (pred, label) in enumerate(zip(predictions, rows, strict=True)):
+        if idx in skip:
+            continue
+        gt_words = set(label["completion"].strip().lower().split())
+        pred_words = set(pred.strip().lower().split())
+        position2acc[f"set_{label['set_id']}"][label["position_id"]].append(
+            len(gt_words & pred_words) / len(gt_words)
+        )
+    span_num = int(total_len / span_len)
+    span_acc_list = []
+    for i in range(span_num):
+        accs = []
+        for set_id in set_ids:
+            span_accs = []
+            for position_id in range(span_len * i, span_len * i + span_len - 1):
+                span_accs += position2acc[set_id][position_id]
+            accs.append(sum(span_accs) / len(span_accs))
+        span_acc_list.append(sum(accs) / len(accs))
+    return sum(span_acc_list) / len(span_acc_list), max(span_acc_list) - min(span_acc_list)
+
+
+def test_paper_binning_is_the_scripts_arithmetic_and_all_is_not(tmp_path: Path) -> None:
+    """3 sets x 23 positions in bins of 5: 4 whole bins, whose last positions (4, 9, 14, 19)
+    score apart from the rest, and 3 positions past the last whole bin; one row skip-listed."""
+    rows, texts = [], []
+    for set_id in range(3):
+        context = "\n".join(f"item {set_id}-{p}" for p in range(23))
+        for position_id in range(23):
+            rows.append(
+                {
+                    "prompt": film_prompt(
+                        context, QUESTION.format(keyword=f"{set_id}-{position_id}")
+                    ),
+                    "set_id": set_id,
+                    "position_id": position_id,
+                    "completion": GOLD,
+                }
+            )
+            last_of_bin = position_id % 5 == 4 or position_id >= 20
+            words = GOLD.split()[: 4 if last_of_bin else (position_id * 7 + set_id) % 4]
+            texts.append(" ".join(words))
+    probes = write_lines(tmp_path / "document_bi_32k.jsonl", rows)
+    preds = write_lines(tmp_path / "sample.jsonl", [{"sample": t} for t in texts])
+    skip = write_lines(tmp_path / "skip.json", [])
+    skip.write_text("[7]")
+    want_avg, want_gap = plot_py_avg_gap(rows, texts, [7], total_len=23, span_len=5)
+    paper = score_official("document", probes, preds, skip, bin_size=5)
+    assert paper.binning == "paper" and len(paper.bins) == 4
+    assert paper.avg == pytest.approx(want_avg, abs=1e-9)
+    assert paper.gap == pytest.approx(want_gap, abs=1e-9)
+    every = score_official("document", probes, preds, skip, bin_size=5, binning="all")
+    assert len(every.bins) == 5
+    assert abs(every.avg - want_avg) > 0.01 and abs(every.gap - want_gap) > 0.01
 
 
 def test_official_probes_become_contexts_and_queries(document: Path, tmp_path: Path) -> None:
@@ -160,7 +227,7 @@ def test_the_runner_answers_official_probes_with_the_paper_prompt(
     try:
         decoding = Decoding.of(encoder, max_new_tokens=2, batch_size=4)
         run = run_task(
-            load_model(tiny_model_dir), encoder, "document", contexts, queries, decoding, 2
+            load_model(tiny_model_dir), encoder, "document", contexts, queries, decoding, Bins(2)
         )
     finally:
         torch.set_num_threads(threads)

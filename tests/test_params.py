@@ -86,6 +86,16 @@ def test_repo_params_and_profiles_are_valid():
             {"probe": {"context_tokens": [1024, 0]}},
             "probe.context_tokens.1: Input should be greater than 0",
         ),
+        (
+            {"probe": {"context_tokens": [8192, 32768], "items_per_context": {"code": 800}}},
+            "probe: probe.items_per_context fixes the items of every context, so "
+            "probe.context_tokens must hold one length (got [8192, 32768])",
+        ),
+        ({"probe": {"binning": "half"}}, "probe.binning: Input should be 'paper' or 'all'"),
+        (
+            {"probe": {"items_per_context": {"poems": 10}}},
+            "probe.items_per_context.poems.[key]: Input should be",
+        ),
     ],
 )
 def test_bad_params_name_the_key(override, message):

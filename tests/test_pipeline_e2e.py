@@ -233,7 +233,11 @@ def test_gate_train_and_report_outputs(smoke_repo):
     table = (repo / "reports/scores.md").read_text()
     assert "base" in table and "in2" in table
     page = (repo / "reports/index.html").read_text()
-    assert 'id="run-scores"' in page and 'id="paper-scores"' in page
+    assert 'id="run-scores"' in page and 'id="paper-scores"' in page and 'id="gap-noise"' in page
+    scores = json.loads((repo / "results/probe/in2/scores.json").read_text())
+    u = scores["document"]["uncertainty"]
+    assert u["gap_ci"][0] <= scores["document"]["gap"] <= u["gap_ci"][1]  # centred on it
+    assert "is within the noise" in table or "is above the noise" in table
 
 
 def test_gate_states_what_its_pass_rules_out(smoke_repo):
@@ -269,6 +273,18 @@ def test_mlflow_holds_the_runs(smoke_repo):
         "where r.name = 'train' and m.key = 'loss'"
     ).fetchone()[0]
     assert losses >= 2
+    logged = {
+        (run, key)
+        for run, key in db.execute(
+            "select r.name, m.key from metrics m join runs r on m.run_uuid = r.run_uuid"
+        )
+    }
+    assert {
+        ("probe-in2", "document_gap_ci_low"),
+        ("probe-in2", "document_gap_noise_floor"),
+        ("report", "document_gap_diff"),
+        ("report", "document_strict_gap_ci_high"),
+    } <= logged
 
 
 def test_audit_traces_the_probe_run_to_dvc_lock(smoke_repo):

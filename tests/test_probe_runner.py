@@ -121,12 +121,17 @@ def test_scores_summary_feeds_the_report(runs: dict[str, TaskRun], tmp_path: Pat
     scores = scores_summary(runs)
     assert set(scores) == {*PROBE_TASKS, "all", "all_strict"}
     doc, db = scores["document"], scores["database"]
-    curve_keys = {"avg", "gap", "bins", "bins_std", "n_queries", "bin_size"}
-    assert set(doc) == curve_keys | {"by_length", "strict"}
+    curve_keys = {"avg", "gap", "bins", "bins_std", "n_queries", "bin_size", "binning"}
+    assert set(doc) == curve_keys | {"by_length", "strict", "uncertainty"}
     length = str(PROBE_CONTEXT_TOKENS)
     assert list(doc["by_length"]) == [length], "one length: its curve is the task's"
     assert doc["by_length"][length] == {k: doc[k] for k in curve_keys}
-    assert set(doc["strict"]) == curve_keys
+    assert set(doc["strict"]) == curve_keys | {"uncertainty"}
+    for entry in (doc, doc["strict"]):
+        u = entry["uncertainty"]
+        assert u["avg_ci"][0] <= entry["avg"] <= u["avg_ci"][1]
+        assert 0.0 <= u["gap_ci"][0] <= u["gap_ci"][1] <= 1.0
+        assert 0.0 <= u["gap_noise_floor"] <= u["gap_noise_95"] <= 1.0
     assert scores["all_strict"]["avg"] == pytest.approx(
         (doc["strict"]["avg"] + db["strict"]["avg"]) / 2
     )

@@ -163,6 +163,26 @@ def test_every_set_holds_the_same_number_of_items(encoder: PromptEncoder) -> Non
         assert [q["position_id"] for q in s.queries] == list(range(n))
 
 
+def test_items_per_context_gives_every_set_that_many_distinct_items(
+    encoder: PromptEncoder,
+) -> None:
+    # items of 1 to 9 words: filling 60 tokens would give ~10 items; the count wins over it
+    spec = replace(
+        PROBE_TASKS["document"], name="toy", render="{text}", answer={"completion": "text"}
+    )
+    items = [Item({"text": f"item{i} " + "word " * (i % 9)}, (f"item{i} ",)) for i in range(200)]
+    sets = build_task(spec, pool(items), encoder, 60, 3, np.random.default_rng(0), 40)
+    for s in sets:
+        lines = s.context["text"].split("\n")
+        assert s.context["n_items"] == len(lines) == len(set(lines)) == 40
+        assert s.context["n_tokens"] == len(encoder.context(s.context["text"])) > 60
+        assert [q["position_id"] for q in s.queries] == list(range(40))
+    with pytest.raises(
+        InputError, match=r"probe.items_per_context.toy: 300 items per context, but the pool "
+    ):
+        build_task(spec, pool(items), encoder, 60, 1, np.random.default_rng(0), 300)
+
+
 def test_deterministic_for_a_seed(sources: ProbeSources, encoder: PromptEncoder) -> None:
     def dump(probes: dict) -> str:
         return json.dumps({t: [(s.context, s.queries) for s in sets] for t, sets in probes.items()})

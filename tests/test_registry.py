@@ -13,6 +13,7 @@ import pytest
 from in2.model import load_tokenizer
 from in2.params import ParamsError, parse_params
 from in2.probing.build import build_probes
+from in2.probing.metrics import Bins
 from in2.probing.results import scores_summary, task_run
 from in2.probing.tasks import Item, ProbeSources, answer_budget
 from in2.prompting import PromptEncoder
@@ -64,7 +65,7 @@ def test_a_task_added_in_one_place_is_validated_built_and_scored(
     assert all(q["question"] == f"Which colour is {q['keyword']}?" for q in queries)
 
     answers = [q["completion"] if i % 2 else "no idea" for i, q in enumerate(queries)]
-    run = task_run(colour_task, queries, answers, bin_size=2, seconds=1.0)
+    run = task_run(colour_task, queries, answers, bins=Bins(2), seconds=1.0)
     assert [p["score"] for p in run.predictions] == [float(i % 2) for i in range(len(queries))]
     assert set(scores_summary({colour_task: run})) >= {"colour", "all", "all_strict"}
 

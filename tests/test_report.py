@@ -96,6 +96,6 @@ def test_write_report_adds_the_paired_comparison(scores: dict, tmp_path: Path) -
     write_report(scores, ["document"], tmp_path, comparison)
     text = (tmp_path / "scores.md").read_text()
     assert "IN2-trained minus base, strict variants" in text
-    assert "| document | 0.0 | 100.0 | +100.0 | [+100.0, +100.0] | yes | 5 |" in text
-    assert "| code | 0.0 | 50.0 | +50.0 | [-20.7, +100.0] | no | 2 |" in text  # rescaled cell of 2
+    assert "| document | 0.0 | 100.0 | +100.0 | [+100.0, +100.0] | yes | 0.0 | 0.0 | +0.0 |" in text
+    assert "| code | 0.0 | 50.0 | +50.0 | [-20.7, +100.0] | no |" in text  # rescaled cell of 2
     assert json.loads((tmp_path / "comparison.json").read_text()) == comparison

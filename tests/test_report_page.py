@@ -151,28 +151,84 @@ def test_page_is_self_contained(scores: dict, tmp_path: Path) -> None:
     assert set(tables.links) - set(images) == {"data_quality/docs/index.html"}  # relative
 
 
+ROW = {
+    "base": 0.1,
+    "trained": 0.4,
+    "diff": 0.3,
+    "ci_low": 0.2,
+    "ci_high": 0.45,
+    "excludes_zero": True,
+    "base_gap": 0.3,
+    "trained_gap": 0.1,
+    "gap_diff": -0.2,
+    "gap_ci_low": -0.35,
+    "gap_ci_high": 0.05,
+    "gap_excludes_zero": False,
+    "n_queries": 120,
+    "confidence": 0.95,
+    "n_resamples": 10,
+}
+"""One task's row of reports/comparison.json."""
+
+
 def test_page_shows_the_paired_comparison(scores: dict) -> None:
-    row = {
-        "base": 0.1,
-        "trained": 0.4,
-        "diff": 0.3,
-        "ci_low": 0.2,
-        "ci_high": 0.45,
-        "excludes_zero": True,
-        "n_queries": 120,
-        "confidence": 0.95,
-        "n_resamples": 10,
-    }
+    row = ROW
     comparison = {"strict": {"document": row}}
     page = render_page(
         PageContent(scores, TASKS, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db", comparison), {}
     )
     assert 'id="comparison-strict"' in page
     assert (
-        "<td>document</td><td>10.0</td><td>40.0</td><td>+30.0</td><td>[+20.0, +45.0]</td>" in page
+        "<td>document</td><td>10.0</td><td>40.0</td><td>+30.0</td><td>[+20.0, +45.0]</td>"
+        "<td>yes</td><td>30.0</td><td>10.0</td><td>-20.0</td><td>[-35.0, +5.0]</td><td>no</td>"
+        in page
     )
     plain = render_page(PageContent(scores, TASKS, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db"), {})
     assert "No paired comparison" in plain
+
+
+def test_the_table1_comparison_shows_the_scores_binned_as_the_paper(scores: dict) -> None:
+    table1 = {
+        "base": {"document": {"avg": 0.31, "gap": 0.2}, "code": None, "all": None},
+        "in2": {"document": {"avg": 0.16, "gap": 0.5}, "code": {"avg": 0.07, "gap": 0.1}},
+    }
+    content = PageContent(scores, TASKS, SYNTHESIZE, GATE, RUN_IDS, "sqlite:///x.db", None, table1)
+    page = render_page(content, {})
+    assert body(parse(page), "run-scores") == {
+        "base": ["31.0", "20.0", "–", "–", "–", "–"],
+        "in2": ["16.0", "50.0", "7.0", "10.0", "–", "–"],
+    }
+    assert "binned as the paper's plot.py bins" in page
+    assert "the mean of their Gaps, as in the paper" in page
+
+
+def test_the_page_says_which_gaps_and_gap_changes_stand_out_from_noise(scores: dict) -> None:
+    def uncertainty(low: float, high: float, floor: float) -> dict:
+        return {
+            "gap_ci": [low, high],
+            "gap_noise_floor": floor,
+            "gap_noise_95": floor + 0.05,
+            "gap_above_noise": low > floor,
+        }
+
+    scores["base"]["document"]["uncertainty"] = uncertainty(0.10, 0.35, 0.2)
+    scores["in2"]["document"]["uncertainty"] = uncertainty(0.40, 0.70, 0.2)
+    change = {**ROW, "gap_diff": 0.323, "gap_ci_low": 0.1, "gap_ci_high": 0.52}
+    change["gap_excludes_zero"] = True
+    page = render_page(
+        PageContent(scores, TASKS, SYNTHESIZE, GATE, RUN_IDS, "x", {"paper": {"document": change}}),
+        {},
+    )
+    assert parse(page).tables["gap-noise"][1:] == [
+        ["base", "document", "22.7", "[10.0, 35.0]", "20.0", "25.0", "no"],
+        ["in2", "document", "55.0", "[40.0, 70.0]", "20.0", "25.0", "yes"],
+    ]
+    assert (
+        "document: base Gap 22.7 (95% CI 10.0–35.0) is within the noise of a position-flat "
+        "model (floor 20.0); in2 Gap 55.0 (95% CI 40.0–70.0) is above the noise of a "
+        "position-flat model (floor 20.0). The change, +32.3 (95% CI +10.0 to +52.0), is "
+        "distinguishable from noise."
+    ) in page
 
 
 def test_page_marks_a_column_the_run_did_not_probe(scores: dict) -> None:

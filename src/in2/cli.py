@@ -113,11 +113,13 @@ def score_official_cmd(args: argparse.Namespace) -> str:
     from in2.probing.metrics import summary
     from in2.probing.official import score_official
 
-    curve = score_official(args.task, args.probes, args.predictions, args.skip, args.bin_size)
+    curve = score_official(
+        args.task, args.probes, args.predictions, args.skip, args.bin_size, args.binning
+    )
     write_json(args.out, summary({args.task: curve}))
     return (
         f"{args.out}: {args.task} Avg {curve.avg:.4f}, Gap {curve.gap:.4f} "
-        f"over {curve.n_queries} queries in bins of {curve.bin_size}"
+        f"over {curve.n_queries} queries in bins of {curve.bin_size} ({curve.binning} binning)"
     )
 
 
@@ -172,6 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--predictions", type=Path, required=True, help="sample_<task file>.jsonl")
     o.add_argument("--skip", type=Path, help="the task's <stem>_skip_list.json")
     o.add_argument("--bin-size", type=_positive_int, default=50)
+    o.add_argument(
+        "--binning",
+        choices=["paper", "all"],
+        default="paper",
+        help="paper (default): plot.py's arithmetic, each bin's last position left out; "
+        "all: every position",
+    )
     o.add_argument("--out", type=Path, required=True, help="scores.json to write")
     a = sub.add_parser("audit", help="trace a run to its data; list the dataset versions")
     audit_sub = a.add_subparsers(dest="audit", required=True)

@@ -476,8 +476,17 @@ class ProbeParams(_Section):
     """null: items from offline material (held-out documents, the standard library); else a
     folder of the paper's pieces (document_sentences.jsonl, code_functions.jsonl,
     database_entities.jsonl) from the public microsoft/FILM repository, VaLProbing/pieces/."""
+    items_per_context: dict[ProbeTask, PositiveInt] = Field(default_factory=dict)
+    """Items per context, per task, instead of filling `context_tokens` (paper: document 800,
+    code 800, database 750 at 32K tokens); a task not named here fills the token target. The
+    builder reports the resulting token counts (data/probes/stats.json); needs one length."""
     bin_size: int = Field(5, gt=0)
     """Positions averaged into one bin of the curve (paper: 50)."""
+    binning: Literal["paper", "all"] = "all"
+    """`all`: a bin holds all its positions (a last partial bin too); `paper`: as the paper's
+    plot.py, the last position of every bin is left out and only whole bins count. The default
+    keeps every query: with bins of 5, `paper` discards one in five (with 50, one in 50).
+    `in2 score-official` uses `paper`; the report's Table-1 comparison recomputes with `paper`."""
     max_new_tokens: dict[ProbeTask, PositiveInt] = Field(default_factory=dict)
     """Greedy decoding budget per task; a task not named here gets its spec's
     (in2.probing.tasks: document 48, code 16, database 32)."""
@@ -501,6 +510,16 @@ class ProbeParams(_Section):
         if len(set(lengths)) < len(lengths):
             raise ValueError("lengths must be distinct")
         return lengths
+
+    @model_validator(mode="after")
+    def _items_need_one_length(self) -> ProbeParams:
+        if self.items_per_context and len(self.context_tokens) > 1:
+            raise ValueError(
+                f"probe.items_per_context fixes the items of every context, so "
+                f"probe.context_tokens must hold one length (got {self.context_tokens}); "
+                "keep one length, or drop items_per_context to fill each length with tokens"
+            )
+        return self
 
 
 class Params(_Section):

@@ -43,6 +43,7 @@ from in2.endpoint.client import (
 from in2.endpoint.identity import model_identity
 from in2.params import InputError, OpenAIProbeParams, ProbeParams
 from in2.probing.build import read_probes
+from in2.probing.metrics import Bins
 from in2.probing.results import TaskRun, by_context, task_run
 from in2.probing.tasks import answer_budget
 from in2.prompting import user_message
@@ -135,9 +136,8 @@ def probe_endpoint(
             work = Plan(todo, everything.prompt_tokens, 0, everything.pricing)
             run_online(client, work, cache, p, api, budget)
         answers = [answer_text(cache.get(r.key)) for r in task.requests]
-        run = task_run(
-            task.name, task.queries, answers, params.bin_size, time.perf_counter() - started
-        )
+        bins = Bins(params.bin_size, params.binning)
+        run = task_run(task.name, task.queries, answers, bins, time.perf_counter() - started)
         runs[task.name] = replace(run, empty_answers=sum(not a.strip() for a in answers))
     api.cost_usd = round(api.cost_usd, 6)
     api.retry_wait_s = round(api.retry_wait_s, 3)

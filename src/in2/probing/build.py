@@ -181,6 +181,20 @@ def _pack(
         pending.append(chosen.pop())
 
 
+def _take(
+    items: list[Item], spec: TaskSpec, encoder: PromptEncoder, n: int, stream: Iterator[int]
+) -> tuple[list[Item], str, int]:
+    """`n` distinct items in one context, whatever their tokens (`probe.items_per_context`)."""
+    if n > len(items):
+        raise InputError(
+            f"probe.items_per_context.{spec.name}: {n} items per context, but the pool holds "
+            f"{len(items)}; lower it or give the task more material (probe.pieces)"
+        )
+    chosen = [items[next(stream)] for _ in range(n)]  # from one permutation: all distinct
+    text = spec.separator.join(spec.render.format(**item.fields) for item in chosen)
+    return chosen, text, len(encoder.context(text))
+
+
 def build_task(
     spec: TaskSpec,
     pool: Pool,
@@ -188,8 +202,10 @@ def build_task(
     context_tokens: int,
     n_sets: int,
     rng: np.random.Generator,
+    items_per_context: int | None = None,
 ) -> list[ProbeSet]:
-    """`n_sets` contexts of <= `context_tokens` tokens; each position asked once if unambiguous.
+    """`n_sets` contexts of <= `context_tokens` tokens, or of `items_per_context` items (the
+    paper's fixed counts); each position asked once if unambiguous.
 
     Every set holds the same number of items, the fewest that any set's packing fitted (the
     longer sets lose their last items), as the paper's sets hold a fixed 800 or 750 positions:
@@ -199,8 +215,16 @@ def build_task(
     else in the context, so the question points at exactly one item.
     """
     items = pool.items
-    stream, pending = _stream(len(items), rng), []
-    packed = [_pack(items, spec, encoder, context_tokens, stream, pending) for _ in range(n_sets)]
+    if items_per_context is None:
+        stream, pending = _stream(len(items), rng), []
+        packed = [
+            _pack(items, spec, encoder, context_tokens, stream, pending) for _ in range(n_sets)
+        ]
+    else:  # a fresh permutation per set: a set's items are distinct
+        packed = [
+            _take(items, spec, encoder, items_per_context, _stream(len(items), rng))
+            for _ in range(n_sets)
+        ]
     n_items = min(len(chosen) for chosen, _, _ in packed)
     sets = []
     for set_id, (chosen, text, n_tokens) in enumerate(packed):
@@ -253,32 +277,39 @@ def build_probes(
     context_tokens: Sequence[int],
     n_sets: int,
     seed: int,
+    items_per_context: Mapping[str, int] | None = None,
 ) -> dict[str, list[ProbeSet]]:
     """`n_sets` probe sets per task and target length (lengths in the given order), deterministic
-    for a seed, source material and tokenizer."""
+    for a seed, source material and tokenizer; a task in `items_per_context` gets that many
+    items per context instead of filling the length."""
     probes = {}
     for name in tasks:
         spec: TaskSpec = PROBE_TASKS[name]
         pool = load_pool(spec, sources, encoder, max(context_tokens), seed)
+        count = (items_per_context or {}).get(name)
         probes[name] = [
             probe_set
             for target in context_tokens
             for probe_set in build_task(
-                spec, pool, encoder, target, n_sets, task_rng(seed, name, target)
+                spec, pool, encoder, target, n_sets, task_rng(seed, name, target), count
             )
         ]
         n_queries = sum(len(s.queries) for s in probes[name])
         n_skipped = sum(s.n_skipped for s in probes[name])
+        tokens = [s.context["n_tokens"] for s in probes[name]]
         log.info(
-            "%s: %d %s items in the pool, %d sets at each of %s tokens, %d queries, "
-            "%d ambiguous positions skipped",
+            "%s: %d %s items in the pool, %d sets at each of %s tokens (%s), %d queries, "
+            "%d ambiguous positions skipped; contexts of %d-%d tokens",
             name,
             len(pool.items),
             pool.provenance.source,
             n_sets,
             list(context_tokens),
+            f"{count} items each" if count else "filled",
             n_queries,
             n_skipped,
+            min(tokens),
+            max(tokens),
         )
     return probes
 

@@ -36,6 +36,7 @@ from transformers.masking_utils import sdpa_mask
 
 from in2.params import ProbeParams
 from in2.probing.build import read_probes
+from in2.probing.metrics import Bins
 from in2.probing.results import TaskRun, by_context, task_run
 from in2.probing.tasks import answer_budget
 from in2.prompting import PromptEncoder
@@ -308,7 +309,7 @@ def run_task(
     contexts: list[dict],
     queries: list[dict],
     decoding: Decoding,
-    bin_size: int,
+    bins: Bins,
 ) -> TaskRun:
     """Answer and score every query of a task, one prefill per context."""
     started = time.perf_counter()
@@ -322,7 +323,7 @@ def run_task(
             ids = generate_shared(model, shared, suffixes, decoding, progress)
             asked += mine
             answers += tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return task_run(task, asked, answers, bin_size, time.perf_counter() - started)
+    return task_run(task, asked, answers, bins, time.perf_counter() - started)
 
 
 def probe_model(
@@ -343,6 +344,6 @@ def probe_model(
             contexts,
             queries,
             Decoding.of(encoder, answer_budget(params, task), params.batch_size),
-            params.bin_size,
+            Bins(params.bin_size, params.binning),
         )
     return runs

@@ -5,8 +5,11 @@ match of label or description (database). Per task: per-position scores are aver
 `bin_size` positions within each set, the bins are averaged over sets (std over sets = error bar),
 Avg is the mean of the bins and Gap the max bin minus the min bin.
 
-One deliberate difference: the paper's loop `range(start, start + span - 1)` leaves the last
-position of every bin out; here a bin holds all of its positions.
+Two binnings (`Bins`): `paper` is the script's arithmetic exactly — its loop
+`range(span_start, span_start + span_len - 1)` leaves the last position of every bin out, and it
+keeps `int(total_len / span_len)` whole bins — so a released prediction file scores as Table 1
+does; `all` keeps every position, a last partial bin included (with bins of 5, `paper` would
+throw away one query in five).
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
+
+Binning = Literal["paper", "all"]
+BINNINGS: tuple[Binning, ...] = ("paper", "all")
 
 
 def _gold(text: str) -> str:
@@ -95,6 +102,40 @@ def score(metric: str, gold: Mapping[str, str], prediction: str) -> float:
 
 
 @dataclass(frozen=True)
+class Bins:
+    """Which bin a position falls in: bins of `size` positions, the `binning` rule, and for
+    `paper` the number of positions of a set (`total_len` in the script)."""
+
+    size: int
+    binning: Binning = "all"
+    n_positions: int | None = None
+    """`paper` only: whole bins of these many positions are kept (int(n_positions / size));
+    None: 1 + the largest position scored."""
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError(f"bin_size must be > 0, got {self.size}")
+        if self.binning not in BINNINGS:
+            raise ValueError(f"binning must be one of {BINNINGS}, got {self.binning!r}")
+
+    def of(self, position: int, n_positions: int) -> int | None:
+        """The bin of `position`, or None where the `paper` rule leaves it out."""
+        b = position // self.size
+        if self.binning == "all":
+            return b
+        if position % self.size == self.size - 1 or b >= n_positions // self.size:
+            return None
+        return b
+
+    def assign(self, positions: list[int]) -> list[int | None]:
+        """The bin of every position, with `n_positions` resolved over all of them."""
+        if not positions:
+            raise ValueError("no scored queries to bin")
+        n = self.n_positions if self.n_positions is not None else 1 + max(positions)
+        return [self.of(p, n) for p in positions]
+
+
+@dataclass(frozen=True)
 class PositionCurve:
     """Score per position bin (mean over sets), its std over sets, and the paper's Avg and Gap.
 
@@ -107,32 +148,37 @@ class PositionCurve:
     avg: float
     gap: float
     n_queries: int
+    """Queries in the bins (under `paper` binning, fewer than were scored)."""
     bin_size: int
+    binning: Binning = "all"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def position_curve(scored: Iterable[tuple[Hashable, int, float]], bin_size: int) -> PositionCurve:
+def position_curve(
+    scored: Iterable[tuple[Hashable, int, float]], bin_size: int | Bins
+) -> PositionCurve:
     """Bin (set key, position_id, score) triples by position, per set, then average over sets.
 
     Sets may differ in size: a bin is averaged over the sets that have a query in it, so a last
     partial bin (or a bin only the longer set reaches) still counts, with the sets it has.
     """
-    if bin_size <= 0:
-        raise ValueError(f"bin_size must be > 0, got {bin_size}")
+    bins = bin_size if isinstance(bin_size, Bins) else Bins(bin_size)
+    rows = list(scored)
     per_set: dict[Hashable, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     n_queries = 0
-    for set_id, position_id, value in scored:
-        per_set[set_id][position_id // bin_size].append(value)
-        n_queries += 1
+    for (set_id, _, value), b in zip(rows, bins.assign([p for _, p, _ in rows]), strict=True):
+        if b is not None:
+            per_set[set_id][b].append(value)
+            n_queries += 1
     if not n_queries:
-        raise ValueError("no scored queries to bin")
-    n_bins = 1 + max(max(bins) for bins in per_set.values())
+        raise ValueError(f"no scored query falls in a bin of {bins.size} ({bins.binning})")
+    n_bins = 1 + max(max(b) for b in per_set.values())
     means: list[float | None] = []
     stds: list[float | None] = []
     for b in range(n_bins):
-        set_means = [float(np.mean(bins[b])) for bins in per_set.values() if b in bins]
+        set_means = [float(np.mean(cells[b])) for cells in per_set.values() if b in cells]
         means.append(float(np.mean(set_means)) if set_means else None)
         stds.append(float(np.std(set_means)) if set_means else None)
     present = [m for m in means if m is not None]
@@ -142,7 +188,8 @@ def position_curve(scored: Iterable[tuple[Hashable, int, float]], bin_size: int)
         avg=float(np.mean(present)),
         gap=float(max(present) - min(present)),
         n_queries=n_queries,
-        bin_size=bin_size,
+        bin_size=bins.size,
+        binning=bins.binning,
     )
 
 

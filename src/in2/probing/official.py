@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from in2.params import InputError
-from in2.probing.metrics import PositionCurve, position_curve, score
+from in2.probing.metrics import Binning, Bins, PositionCurve, position_curve, score
 from in2.prompting import INSTRUCTION_HEAD, INSTRUCTION_MID
 from in2.registry import PROBE_TASKS
 
@@ -256,8 +256,12 @@ def score_official(
     predictions_path: str | Path,
     skip_path: str | Path | None,
     bin_size: int,
+    binning: Binning = "paper",
 ) -> PositionCurve:
-    """Score a released-format prediction file with `in2.probing.metrics`, skip-listed rows out."""
+    """Score a released-format prediction file with `in2.probing.metrics`, skip-listed rows out.
+
+    `paper` binning keeps the whole bins of the task file's positions (the script's
+    `total_len`: 1 + its largest position_id, skip-listed rows included)."""
     rows = read_rows(task, probes_path)
     skip = read_skip_list(skip_path, len(rows))
     predictions = read_predictions(predictions_path)
@@ -280,4 +284,5 @@ def score_official(
         scored.append((row.set_id, row.position_id, value))
     if not scored:
         raise InputError(f"every row of {probes_path} is in the skip list {skip_path}")
-    return position_curve(scored, bin_size)
+    n_positions = 1 + max(row.position_id for row in rows)
+    return position_curve(scored, Bins(bin_size, binning, n_positions))

@@ -5,7 +5,8 @@ decoding the model, the API runner (in2.probing.api) by asking an endpoint. `tas
 the answers into the rows of `results/probe/<model>/<task>.predictions.jsonl`
 (`context_tokens`, `set_id`, `position_id`, `prediction`, `score`, `strict_score`) and the task's
 position curves (all lengths together, each length, and the strict variant: see
-`TaskSpec.strict_metric`); `scores_summary` is `scores.json`.
+`TaskSpec.strict_metric`), with the Avg and Gap intervals and the Gap's noise floor of the first
+and the last (in2.probing.uncertainty); `scores_summary` is `scores.json`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from in2.probing.metrics import PositionCurve, position_curve, score, summary
+from in2.probing.metrics import Bins, PositionCurve, position_curve, score, summary
+from in2.probing.uncertainty import CurveUncertainty, curve_uncertainty
 from in2.registry import PROBE_TASKS
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,10 @@ class TaskRun:
     """Target context length -> the curve of that length's sets."""
     strict: PositionCurve
     """The strict variant of the metric (`TaskSpec.strict_metric`), over every set."""
+    uncertainty: CurveUncertainty
+    """Intervals and Gap noise floor of `curve`."""
+    strict_uncertainty: CurveUncertainty
+    """The same for `strict`."""
     seconds: float
     empty_answers: int | None = None
     """API runner: answers without text (content "" or a refusal); in scores.json per task."""
@@ -44,7 +50,7 @@ def by_context(contexts: list[dict], queries: list[dict]) -> Iterator[tuple[dict
 
 
 def task_run(
-    task: str, queries: list[dict], answers: list[str], bin_size: int, seconds: float
+    task: str, queries: list[dict], answers: list[str], bins: Bins, seconds: float
 ) -> TaskRun:
     """Score each query's answer (stripped of surrounding whitespace) and bin the scores."""
     spec = PROBE_TASKS[task]
@@ -63,51 +69,67 @@ def task_run(
             }
         )
 
-    def binned(key: str, length: int | None = None) -> PositionCurve:
+    def scored(key: str, length: int | None = None) -> list[tuple[tuple[int, int], int, float]]:
         # Sets of different lengths are different contexts: (length, set) identifies one.
-        return position_curve(
-            (
-                ((p["context_tokens"], p["set_id"]), p["position_id"], p[key])
-                for p in predictions
-                if length is None or p["context_tokens"] == length
-            ),
-            bin_size,
-        )
+        return [
+            ((p["context_tokens"], p["set_id"]), p["position_id"], p[key])
+            for p in predictions
+            if length is None or p["context_tokens"] == length
+        ]
 
-    curve = binned("score")
+    curve = position_curve(scored("score"), bins)
     lengths = sorted({p["context_tokens"] for p in predictions})
-    by_length = {length: binned("score", length) for length in lengths}
+    by_length = {length: position_curve(scored("score", length), bins) for length in lengths}
+    uncertainty = curve_uncertainty(scored("score"), bins)
     log.info(
-        "%s: %d queries in %.1f s (%.2f s/query), Avg %.3f, Gap %.3f",
+        "%s: %d queries in %.1f s (%.2f s/query), Avg %.3f, Gap %.3f (95%% CI %.3f-%.3f; "
+        "noise floor %.3f)",
         task,
         len(predictions),
         seconds,
         seconds / max(len(predictions), 1),
         curve.avg,
         curve.gap,
+        *uncertainty.gap_ci,
+        uncertainty.gap_noise_floor,
     )
-    return TaskRun(predictions, curve, by_length, binned("strict_score"), seconds)
+    strict = scored("strict_score")
+    return TaskRun(
+        predictions,
+        curve,
+        by_length,
+        position_curve(strict, bins),
+        uncertainty,
+        curve_uncertainty(strict, bins),
+        seconds,
+    )
 
 
 def scores_summary(runs: Mapping[str, TaskRun]) -> dict[str, object]:
-    """`scores.json`: each task's curve, Avg and Gap (with those of each context length under
-    `by_length`, the strict variant under `strict` and, from the API runner, `empty_answers`),
-    plus the paper's "All" column."""
+    """`scores.json`: each task's curve, Avg and Gap with its `uncertainty` (with those of each
+    context length under `by_length`, the strict variant under `strict` and, from the API
+    runner, `empty_answers`), plus the paper's "All" column: the mean of the tasks' Avgs and
+    the mean of their Gaps."""
     scores = summary(
         {task: run.curve for task, run in runs.items()},
         by_length={task: run.by_length for task, run in runs.items()},
         strict={task: run.strict for task, run in runs.items()},
     )
     for task, run in runs.items():
+        entry: dict[str, Any] = scores[task]  # type: ignore[assignment]
+        entry["uncertainty"] = run.uncertainty.to_dict()
+        entry["strict"]["uncertainty"] = run.strict_uncertainty.to_dict()
         if run.empty_answers is not None:
-            scores[task]["empty_answers"] = run.empty_answers  # type: ignore[index]
+            entry["empty_answers"] = run.empty_answers
     return scores
 
 
 def log_scores(mlflow: Any, runs: Mapping[str, TaskRun], scores: Mapping[str, Any]) -> None:
     """Log a probe run's scores to the active MLflow run: `<task>_bin_score` as a series with
     step = position bin (so the UI overlays the curves of two models), Avg, Gap, their strict
-    variants, the wall time per task, the "All" columns and scores.json itself."""
+    variants, the Gap's interval and noise floor (`<task>_gap_ci_low`, `_gap_ci_high`,
+    `_gap_noise_floor`, and `<task>_strict_...`), the wall time per task, the "All" columns
+    and scores.json itself."""
     for task, run in runs.items():
         for step, value in enumerate(run.curve.bins):
             if value is not None:  # a bin of only ambiguous (skipped) positions
@@ -119,6 +141,10 @@ def log_scores(mlflow: Any, runs: Mapping[str, TaskRun], scores: Mapping[str, An
         mlflow.log_metric(f"{task}_gap", run.curve.gap)
         mlflow.log_metric(f"{task}_strict_avg", run.strict.avg)
         mlflow.log_metric(f"{task}_strict_gap", run.strict.gap)
+        for prefix, u in ((task, run.uncertainty), (f"{task}_strict", run.strict_uncertainty)):
+            mlflow.log_metric(f"{prefix}_gap_ci_low", u.gap_ci[0])
+            mlflow.log_metric(f"{prefix}_gap_ci_high", u.gap_ci[1])
+            mlflow.log_metric(f"{prefix}_gap_noise_floor", u.gap_noise_floor)
         mlflow.log_metric(f"{task}_seconds", run.seconds)
     for column in ("all", "all_strict"):
         mlflow.log_metric(f"{column}_avg", scores[column]["avg"])

@@ -1,36 +1,27 @@
-"""Is the trained model better than the base? A paired bootstrap of the Avg difference per task.
+"""Is the trained model better than the base, and is its Gap different? A paired bootstrap.
 
 Both models answer the very same queries (same probe sets, same positions), so the comparison is
-paired: per query d = score(in2) - score(base). The paper's Avg is linear in the query scores —
-mean over position bins of (mean over sets of the set's mean in that bin) — so
-Avg(in2) - Avg(base) = Avg(d), computed with the same (set, bin) cells as
-in2.probing.metrics.position_curve.
+paired: each replicate resamples the same queries for both models, inside each (set, bin) cell
+(in2.probing.uncertainty: the rescaled bootstrap, the cells' weights of the curve). Avg is
+linear in the query scores, so Avg(in2) - Avg(base) is the Avg of the per-query differences;
+Gap is not, and the Gap difference is taken replicate by replicate: Gap(in2*) - Gap(base*).
 
-The bootstrap resamples queries (set × position units) with replacement inside each (set, bin)
-cell, so every replicate has the cells, and hence the weights, of the real probe: a replicate's
-statistic is sum over cells of (rescaled cell mean of resampled d) × w_cell, with
-w_cell = 1 / (sets in the cell's bin × bins).
-
-The rescaling matters because cells are small (bin_size queries at most, often 2-5): a plain
-resample of n values has variance s²(n-1)/n² instead of s²/n, an interval too narrow by a factor
-sqrt((n-1)/n) — 0.71 for a cell of 2. Each cell's resampled mean m* is therefore replaced by
-m + sqrt(n/(n-1)) (m* - m) (the rescaled bootstrap of Rao and Wu, 1988), whose variance is the
-textbook stratified one, sum over cells of w² s² / n. A cell of one query carries no estimate
-of its own noise and adds none. The 95% interval is the 2.5th and 97.5th percentile of the
-replicates (percentile bootstrap), clipped to [-1, 1], the range of a score difference. It
-reflects query-level noise on these probe sets: more sets (probe.sets_per_task) narrow it.
+The 95% intervals are percentile intervals (for the Gap difference, centred on the measured one
+as in2.probing.uncertainty centres a Gap's), clipped to [-1, 1], the range of a difference. They
+reflect query-level noise on these probe sets: more sets (probe.sets_per_task) narrow them. Each
+model's own Gap interval and noise floor are in its scores.json (the probe stage draws the same
+resamples from the same seed).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from in2.outputs import read_jsonl
+from in2.probing.metrics import Binning, Bins
+from in2.probing.uncertainty import CONFIDENCE, N_RESAMPLES, Cells, bin_means, gaps, interval
 
 Key = tuple[Hashable, int]
 """(set key, position_id): one query of a probe."""
@@ -38,25 +29,40 @@ Key = tuple[Hashable, int]
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Avg of the trained model minus Avg of the base model on one task, with its interval."""
+    """The trained model minus the base model on one task: Avg and Gap, with their intervals."""
 
     base: float
     trained: float
     diff: float
-    """trained - base (equals the difference of the two curves' Avg)."""
+    """trained - base Avg (equals the difference of the two curves' Avg)."""
     ci_low: float
     ci_high: float
+    base_gap: float
+    trained_gap: float
+    gap_diff: float
+    """trained - base Gap."""
+    gap_ci_low: float
+    gap_ci_high: float
     confidence: float
     n_queries: int
     n_resamples: int
 
     @property
     def excludes_zero(self) -> bool:
-        """The interval lies entirely above or below 0."""
+        """The Avg difference's interval lies entirely above or below 0."""
         return self.ci_low > 0 or self.ci_high < 0
 
+    @property
+    def gap_excludes_zero(self) -> bool:
+        """The Gap difference's interval lies entirely above or below 0."""
+        return self.gap_ci_low > 0 or self.gap_ci_high < 0
+
     def to_dict(self) -> dict[str, float | int | bool]:
-        return {**asdict(self), "excludes_zero": self.excludes_zero}
+        return {
+            **asdict(self),
+            "excludes_zero": self.excludes_zero,
+            "gap_excludes_zero": self.gap_excludes_zero,
+        }
 
 
 def pair_scores(
@@ -75,45 +81,42 @@ def pair_scores(
 
 def paired_bootstrap(
     pairs: Mapping[Key, tuple[float, float]],
-    bin_size: int,
-    n_resamples: int = 10_000,
-    confidence: float = 0.95,
+    bin_size: int | Bins,
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = CONFIDENCE,
     seed: int = 0,
 ) -> PairedDifference:
-    """Avg difference (second score - first score) with a percentile bootstrap interval."""
+    """Avg and Gap differences (second score - first score) with percentile intervals."""
     if not pairs:
         raise ValueError("no paired queries to compare")
-    if bin_size <= 0:
-        raise ValueError(f"bin_size must be > 0, got {bin_size}")
-    cells: dict[tuple[Hashable, int], list[tuple[float, float]]] = defaultdict(list)
-    for (set_key, position), scores in pairs.items():
-        cells[(set_key, position // bin_size)].append(scores)
-    sets_in_bin: dict[int, int] = defaultdict(int)
-    for _, b in cells:
-        sets_in_bin[b] += 1
-    n_bins = len(sets_in_bin)
-    weights = np.array([1.0 / (sets_in_bin[b] * n_bins) for _, b in cells])
-    values = [np.asarray(v, dtype=float) for v in cells.values()]  # [n, 2] per cell
-
-    rng = np.random.default_rng(seed)
-    replicates = np.zeros(n_resamples)
-    for w, v in zip(weights, values, strict=True):
-        d = v[:, 1] - v[:, 0]
-        draws = rng.integers(len(d), size=(n_resamples, len(d)))
-        rescale = np.sqrt(len(d) / (len(d) - 1)) if len(d) > 1 else 0.0
-        replicates += w * (d.mean() + rescale * (d[draws].mean(axis=1) - d.mean()))
-    base = float(sum(w * v[:, 0].mean() for w, v in zip(weights, values, strict=True)))
-    trained = float(sum(w * v[:, 1].mean() for w, v in zip(weights, values, strict=True)))
-    tail = (1 - confidence) / 2
-    low, high = np.clip(np.quantile(replicates, [tail, 1 - tail]), -1.0, 1.0)
+    bins = bin_size if isinstance(bin_size, Bins) else Bins(bin_size)
+    keys = list(pairs)
+    cells = Cells.of(keys, bins)
+    values = np.array([pairs[k] for k in keys], dtype=float)  # [queries, 2]: base, trained
+    curves = bin_means(cells.means(values).T, cells)  # [2, bins]
+    # [resamples, cells, 2] -> [resamples, 2, cells] -> curves [resamples, 2, bins]
+    replicates = bin_means(
+        np.moveaxis(cells.resampled_means(values, n_resamples, seed), 1, -1), cells
+    )
+    avg, gap = curves.mean(axis=-1), gaps(curves)
+    avg_low, avg_high = interval(np.diff(replicates.mean(axis=-1))[:, 0], confidence, -1.0, 1.0)
+    gap_diff = float(gap[1] - gap[0])
+    gap_low, gap_high = interval(
+        np.diff(gaps(replicates))[:, 0], confidence, -1.0, 1.0, centre_on=gap_diff
+    )
     return PairedDifference(
-        base=base,
-        trained=trained,
-        diff=trained - base,
-        ci_low=float(low),
-        ci_high=float(high),
+        base=float(avg[0]),
+        trained=float(avg[1]),
+        diff=float(avg[1] - avg[0]),
+        ci_low=avg_low,
+        ci_high=avg_high,
+        base_gap=float(gap[0]),
+        trained_gap=float(gap[1]),
+        gap_diff=gap_diff,
+        gap_ci_low=gap_low,
+        gap_ci_high=gap_high,
         confidence=confidence,
-        n_queries=len(pairs),
+        n_queries=sum(len(m) for m in cells.members),
         n_resamples=n_resamples,
     )
 
@@ -121,7 +124,7 @@ def paired_bootstrap(
 def compare_predictions(
     base_rows: Iterable[Mapping[str, object]],
     trained_rows: Iterable[Mapping[str, object]],
-    bin_size: int,
+    bin_size: int | Bins,
     score_key: str = "strict_score",
     **kwargs: object,
 ) -> PairedDifference:
@@ -144,19 +147,18 @@ VARIANTS = {"strict": "strict_score", "paper": "score"}
 
 
 def compare_models(
-    results: Path, tasks: Sequence[str], bin_size: int, seed: int
+    predictions: Mapping[tuple[str, str], list[dict]],
+    tasks: Sequence[str],
+    bin_size: int,
+    binning: Binning,
 ) -> dict[str, dict[str, dict]]:
-    """Variant -> task -> the paired bootstrap of in2 − base over the predictions in `results`
-    (`results/probe/<model>/<task>.predictions.jsonl`)."""
-    rows = {
-        (model, task): read_jsonl(results / model / f"{task}.predictions.jsonl")
-        for model in ("base", "in2")
-        for task in tasks
-    }
+    """Variant -> task -> the paired bootstrap of in2 − base over the prediction rows of
+    (model, task) (in2.report.tables.read_predictions), binned as the probe stage bins."""
+    bins = Bins(bin_size, binning)
     return {
         variant: {
             task: compare_predictions(
-                rows["base", task], rows["in2", task], bin_size, key, seed=seed
+                predictions["base", task], predictions["in2", task], bins, key
             ).to_dict()
             for task in tasks
         }

@@ -1,10 +1,12 @@
 """The report page: one self-contained `reports/index.html` that shows what a pipeline run did.
 
 It holds the probe figures (embedded as base64 PNG), the Avg/Gap table of every probed model next
-to the paper's Table 1 (its 32K-token probes of 7B models, so comparable in shape, not in value),
-the data card (kind mix, context lengths, gold positions, the quality gate's verdict with a link to
-the Great Expectations Data Docs) and the MLflow run ids of the train and probe runs. No external
-URL: the page opens offline, and the CSS is inline.
+to the paper's Table 1 (its 32K-token probes of 7B models, so comparable in shape, not in value;
+binned as the paper's script bins), each Gap with its interval and noise floor and, in words,
+whether it and its change can be told from noise, the data card (kind mix, context lengths, gold
+positions, the quality gate's verdict with a link to the Great Expectations Data Docs) and the
+MLflow run ids of the train and probe runs. No external URL: the page opens offline, and the CSS
+is inline.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from matplotlib.figure import Figure
 from in2.lineage.tracking import EXPERIMENT
 from in2.outputs import atomic_file
 from in2.report.plots import COLORS, Scores
+from in2.report.tables import gap_verdicts
 
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
     "Mistral-7B-Instruct-v0.2": {
@@ -62,6 +65,9 @@ class PageContent:
     tracking_uri: str
     comparison: Mapping[str, Mapping[str, Any]] | None = field(default=None)
     """reports/comparison.json: the paired bootstrap of in2 − base."""
+    table1: Mapping[str, Mapping[str, Mapping[str, float] | None]] | None = field(default=None)
+    """model -> column -> Avg and Gap binned as the paper (in2.report.tables.table1_scores);
+    None: the scores as the probe stage binned them."""
 
 
 CSS = """
@@ -102,13 +108,15 @@ def _table(
     )
 
 
-def run_rows(scores: Scores, tasks: Sequence[str]) -> dict[str, dict[str, tuple[float, float]]]:
+def run_rows(
+    scores: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]
+) -> dict[str, dict[str, tuple[float, float]]]:
     """model -> column (each task, then "all") -> (Avg, Gap) × 100, as the paper reports them."""
     return {
         model: {
             column: (100 * entry[column]["avg"], 100 * entry[column]["gap"])
             for column in (*tasks, "all")
-            if column in entry
+            if entry.get(column)
         }
         for model, entry in scores.items()
     }
@@ -202,19 +210,66 @@ def _comparison(comparison: Mapping[str, Mapping[str, Any]] | None) -> str:
             f"<tr><td>{html.escape(task)}</td><td>{100 * c['base']:.1f}</td>"
             f"<td>{100 * c['trained']:.1f}</td><td>{100 * c['diff']:+.1f}</td>"
             f"<td>[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]</td>"
-            f"<td>{'yes' if c['excludes_zero'] else 'no'}</td><td>{c['n_queries']}</td></tr>"
+            f"<td>{'yes' if c['excludes_zero'] else 'no'}</td>"
+            f"<td>{100 * c['base_gap']:.1f}</td><td>{100 * c['trained_gap']:.1f}</td>"
+            f"<td>{100 * c['gap_diff']:+.1f}</td>"
+            f"<td>[{100 * c['gap_ci_low']:+.1f}, {100 * c['gap_ci_high']:+.1f}]</td>"
+            f"<td>{'yes' if c['gap_excludes_zero'] else 'no'}</td><td>{c['n_queries']}</td></tr>"
             for task, c in rows.items()
         )
         parts.append(
             f"<h3>{label}</h3>"
             f'<table id="comparison-{variant}"><thead><tr><th>task</th><th>base Avg</th>'
             "<th>in2 Avg</th><th>in2 − base</th><th>95% CI</th><th>excludes 0</th>"
-            f"<th>queries</th></tr></thead><tbody>{body}</tbody></table>"
+            "<th>base Gap</th><th>in2 Gap</th><th>in2 − base</th><th>95% CI</th>"
+            f"<th>excludes 0</th><th>queries</th></tr></thead><tbody>{body}</tbody></table>"
         )
     return "".join(parts) + (
-        '<p class="note">Paired over the same queries: the 2.5th–97.5th percentile of the Avg '
+        '<p class="note">Paired over the same queries: the 2.5th–97.5th percentile of the '
         "difference over bootstrap resamples of the queries within each (set, position bin), "
-        "rescaled for the small cells (in2.report.bootstrap). × 100.</p>"
+        "rescaled for the small cells; the Gap difference's, centred on the measured one "
+        "(in2.report.bootstrap). × 100.</p>"
+    )
+
+
+def _binned(content: PageContent) -> str:
+    if content.table1 is None:
+        return "This run's numbers are binned as the probe stage bins them (probe.binning)."
+    return (
+        "This run's numbers here are binned as the paper's plot.py bins (the last position of "
+        "each bin left out, whole bins only), so they stand beside Table 1."
+    )
+
+
+def _gaps(content: PageContent) -> str:
+    """Each model's Gap against its noise floor, and the Gap change, in a table and in words."""
+    rows = []
+    for model, entry in content.scores.items():
+        for task in content.tasks:
+            if "uncertainty" not in entry.get(task, {}):
+                continue
+            u = entry[task]["uncertainty"]
+            rows.append(
+                f"<tr><td>{html.escape(model)}</td><td>{html.escape(task)}</td>"
+                f"<td>{100 * entry[task]['gap']:.1f}</td>"
+                f"<td>[{100 * u['gap_ci'][0]:.1f}, {100 * u['gap_ci'][1]:.1f}]</td>"
+                f"<td>{100 * u['gap_noise_floor']:.1f}</td><td>{100 * u['gap_noise_95']:.1f}</td>"
+                f"<td>{'yes' if u['gap_above_noise'] else 'no'}</td></tr>"
+            )
+    if not rows:
+        return '<p class="note">No Gap intervals in the scores (probe again).</p>'
+    words = "".join(
+        f"<li>{html.escape(line)}</li>"
+        for line in gap_verdicts(content.scores, content.comparison, content.tasks)
+    )
+    return (
+        '<table id="gap-noise"><thead><tr><th>model</th><th>task</th><th>Gap</th>'
+        "<th>95% CI</th><th>noise floor</th><th>floor's 95th pct</th><th>above noise</th>"
+        f'</tr></thead><tbody>{"".join(rows)}</tbody></table><ul id="gap-words">{words}</ul>'
+        '<p class="note">The paper\'s metrics, binned as the probe stage bins. Noise floor: the '
+        "mean Gap of a position-flat model with these scores and bin sizes (each set's scores "
+        "shuffled over its positions); a Gap is above noise when its 95% interval lies above "
+        "the floor (in2.probing.uncertainty). × 100.</p>"
     )
 
 
@@ -250,7 +305,7 @@ def render_page(content: PageContent, figures: Mapping[str, bytes]) -> str:
 <h2>VaL probing: Avg / Gap (× 100)</h2>
 <div class="side">
 <div><h3>this run: {html.escape(lengths)}-token contexts</h3>
-{_table("run-scores", run_rows(scores, tasks), columns)}</div>
+{_table("run-scores", run_rows(content.table1 or scores, tasks), columns)}</div>
 <div><h3>{PAPER_LABEL} (Table 1)</h3>
 {_table("paper-scores", PAPER_TABLE1, columns)}
 <p class="note">arXiv 2404.16811, Table 1 (transcribed from secondary notes of the paper that
@@ -258,8 +313,12 @@ agree with each other; not re-checked against the PDF). A different scale (32K-t
 7B models), so compare the shape (Gap shrinking after IN2 training), not the values. Base:
 Mistral-7B-Instruct-v0.2; IN2-trained: FILM-7B.</p></div>
 </div>
-<p class="note">Avg: mean score over position bins; Gap: best bin − worst bin (docs/probing.md).</p>
-<h2>IN2-trained minus base: Avg difference (× 100)</h2>
+<p class="note">Avg: mean score over position bins; Gap: best bin − worst bin; All: the mean
+of the three tasks' Avgs and the mean of their Gaps, as in the paper. {_binned(content)}
+(docs/probing.md).</p>
+<h2>Gap and noise</h2>
+{_gaps(content)}
+<h2>IN2-trained minus base: Avg and Gap differences (× 100)</h2>
 {_comparison(content.comparison)}
 <h2>Probe figures</h2>
 {images}
