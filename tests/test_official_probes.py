@@ -30,12 +30,14 @@ def write_lines(path: Path, rows: list[Any]) -> Path:
     return path
 
 
-def task_rows(golds: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Rows of 2 sets x 4 positions, set-major as released; one context per set."""
+def task_rows(
+    golds: list[dict[str, str]], n_sets: int = 2, n_positions: int = 4
+) -> list[dict[str, Any]]:
+    """Rows of n_sets x n_positions, set-major as released; one context per set."""
     rows = []
-    for set_id in range(2):
-        context = "\n".join(f"item {set_id}-{p}" for p in range(4))
-        for position_id in range(4):
+    for set_id in range(n_sets):
+        context = "\n".join(f"item {set_id}-{p}" for p in range(n_positions))
+        for position_id in range(n_positions):
             rows.append(
                 {
                     "prompt": film_prompt(
@@ -43,7 +45,7 @@ def task_rows(golds: list[dict[str, str]]) -> list[dict[str, Any]]:
                     ),
                     "set_id": set_id,
                     "position_id": position_id,
-                    **golds[4 * set_id + position_id],
+                    **golds[n_positions * set_id + position_id],
                 }
             )
     return rows
@@ -146,26 +148,15 @@ def plot_py_avg_gap(
 def test_paper_binning_is_the_scripts_arithmetic_and_all_is_not(tmp_path: Path) -> None:
     """3 sets x 23 positions in bins of 5: 4 whole bins, whose last positions (4, 9, 14, 19)
     score apart from the rest, and 3 positions past the last whole bin; one row skip-listed."""
-    rows, texts = [], []
-    for set_id in range(3):
-        context = "\n".join(f"item {set_id}-{p}" for p in range(23))
-        for position_id in range(23):
-            rows.append(
-                {
-                    "prompt": film_prompt(
-                        context, QUESTION.format(keyword=f"{set_id}-{position_id}")
-                    ),
-                    "set_id": set_id,
-                    "position_id": position_id,
-                    "completion": GOLD,
-                }
-            )
-            last_of_bin = position_id % 5 == 4 or position_id >= 20
-            words = GOLD.split()[: 4 if last_of_bin else (position_id * 7 + set_id) % 4]
-            texts.append(" ".join(words))
+    rows = task_rows([{"completion": GOLD}] * 69, n_sets=3, n_positions=23)
+    texts = []
+    for row in rows:
+        position_id, set_id = row["position_id"], row["set_id"]
+        last_of_bin = position_id % 5 == 4 or position_id >= 20
+        texts.append(" ".join(GOLD.split()[: 4 if last_of_bin else (position_id * 7 + set_id) % 4]))
     probes = write_lines(tmp_path / "document_bi_32k.jsonl", rows)
     preds = write_lines(tmp_path / "sample.jsonl", [{"sample": t} for t in texts])
-    skip = write_lines(tmp_path / "skip.json", [])
+    skip = tmp_path / "skip.json"
     skip.write_text("[7]")
     want_avg, want_gap = plot_py_avg_gap(rows, texts, [7], total_len=23, span_len=5)
     paper = score_official("document", probes, preds, skip, bin_size=5)

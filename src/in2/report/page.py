@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from in2.lineage.tracking import EXPERIMENT
 from in2.outputs import atomic_file
 from in2.report.plots import COLORS, Scores
-from in2.report.tables import gap_verdicts
+from in2.report.tables import GAP_COLUMNS, gap_rows, gap_verdicts
 
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
     "Mistral-7B-Instruct-v0.2": {
@@ -243,19 +243,10 @@ def _binned(content: PageContent) -> str:
 
 def _gaps(content: PageContent) -> str:
     """Each model's Gap against its noise floor, and the Gap change, in a table and in words."""
-    rows = []
-    for model, entry in content.scores.items():
-        for task in content.tasks:
-            if "uncertainty" not in entry.get(task, {}):
-                continue
-            u = entry[task]["uncertainty"]
-            rows.append(
-                f"<tr><td>{html.escape(model)}</td><td>{html.escape(task)}</td>"
-                f"<td>{100 * entry[task]['gap']:.1f}</td>"
-                f"<td>[{100 * u['gap_ci'][0]:.1f}, {100 * u['gap_ci'][1]:.1f}]</td>"
-                f"<td>{100 * u['gap_noise_floor']:.1f}</td><td>{100 * u['gap_noise_95']:.1f}</td>"
-                f"<td>{'yes' if u['gap_above_noise'] else 'no'}</td></tr>"
-            )
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+        for row in gap_rows(content.scores, content.tasks)
+    )
     if not rows:
         return '<p class="note">No Gap intervals in the scores (probe again).</p>'
     words = "".join(
@@ -263,9 +254,9 @@ def _gaps(content: PageContent) -> str:
         for line in gap_verdicts(content.scores, content.comparison, content.tasks)
     )
     return (
-        '<table id="gap-noise"><thead><tr><th>model</th><th>task</th><th>Gap</th>'
-        "<th>95% CI</th><th>noise floor</th><th>floor's 95th pct</th><th>above noise</th>"
-        f'</tr></thead><tbody>{"".join(rows)}</tbody></table><ul id="gap-words">{words}</ul>'
+        '<table id="gap-noise"><thead><tr>'
+        + "".join(f"<th>{html.escape(c)}</th>" for c in GAP_COLUMNS)
+        + f'</tr></thead><tbody>{rows}</tbody></table><ul id="gap-words">{words}</ul>'
         '<p class="note">The paper\'s metrics, binned as the probe stage bins. Noise floor: the '
         "mean Gap of a position-flat model with these scores and bin sizes (each set's scores "
         "shuffled over its positions); a Gap is above noise when its 95% interval lies above "

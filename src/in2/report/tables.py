@@ -126,23 +126,36 @@ def comparison_table(comparison: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gap_table(scores: Scores, tasks: Sequence[str]) -> str:
-    """Markdown table: each model's Gap per task with its 95% interval and noise floor (× 100)."""
-    lines = [
-        "| model | task | Gap | 95% CI | noise floor | floor's 95th pct | above noise |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+GAP_COLUMNS = ("model", "task", "Gap", "95% CI", "noise floor", "floor's 95th pct", "above noise")
+
+
+def gap_rows(scores: Scores, tasks: Sequence[str]) -> list[list[str]]:
+    """The cells of the Gap table (× 100): per model and task, the Gap, its 95% interval, the
+    noise floor and its 95th percentile, and whether the Gap is above noise."""
+    rows = []
     for model, entry in scores.items():
         for task in tasks:
             if "uncertainty" not in entry.get(task, {}):
                 continue
             u = entry[task]["uncertainty"]
-            lines.append(
-                f"| {model} | {task} | {_pct(entry[task]['gap'])} | "
-                f"[{_pct(u['gap_ci'][0])}, {_pct(u['gap_ci'][1])}] | "
-                f"{_pct(u['gap_noise_floor'])} | {_pct(u['gap_noise_95'])} | "
-                f"{'yes' if u['gap_above_noise'] else 'no'} |"
+            rows.append(
+                [
+                    model,
+                    task,
+                    _pct(entry[task]["gap"]),
+                    f"[{_pct(u['gap_ci'][0])}, {_pct(u['gap_ci'][1])}]",
+                    _pct(u["gap_noise_floor"]),
+                    _pct(u["gap_noise_95"]),
+                    "yes" if u["gap_above_noise"] else "no",
+                ]
             )
+    return rows
+
+
+def gap_table(scores: Scores, tasks: Sequence[str]) -> str:
+    """Markdown table: each model's Gap per task with its 95% interval and noise floor (× 100)."""
+    lines = [f"| {' | '.join(GAP_COLUMNS)} |", "|" + " --- |" * len(GAP_COLUMNS)]
+    lines += [f"| {' | '.join(row)} |" for row in gap_rows(scores, tasks)]
     return "\n".join(lines) + "\n"
 
 
