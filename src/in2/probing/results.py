@@ -5,14 +5,15 @@ decoding the model, the API runner (in2.probing.api) by asking an endpoint. `tas
 the answers into the rows of `results/probe/<model>/<task>.predictions.jsonl`
 (`context_tokens`, `set_id`, `position_id`, `prediction`, `score`, `strict_score`) and the task's
 position curves (all lengths together, each length, and the strict variant: see
-`TaskSpec.strict_metric`), with the Avg and Gap intervals and the Gap's noise floor of the first
-and the last (in2.probing.uncertainty); `scores_summary` is `scores.json`.
+`TaskSpec.strict_metric`), with the Avg and Gap intervals and the Gap's noise floor of the
+all-lengths curve and of the strict one (in2.probing.uncertainty); `scores_summary` is
+`scores.json`. `scored_rows` reads prediction rows back as the curves' (set, position, score).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,22 @@ def by_context(contexts: list[dict], queries: list[dict]) -> Iterator[tuple[dict
         yield context, [q for q in queries if q["context_id"] == context["context_id"]]
 
 
+Scored = list[tuple[tuple[int, int], int, float]]
+"""(set key, position_id, score) per query; the set key is (context_tokens, set_id)."""
+
+
+def scored_rows(
+    rows: Iterable[Mapping[str, Any]], key: str = "score", length: int | None = None
+) -> Scored:
+    """Prediction rows as position_curve takes them. Sets of different lengths are different
+    contexts: (length, set) identifies one. `length`: only that length's rows."""
+    return [
+        ((r["context_tokens"], r["set_id"]), int(r["position_id"]), float(r[key]))
+        for r in rows
+        if length is None or r["context_tokens"] == length
+    ]
+
+
 def task_run(
     task: str, queries: list[dict], answers: list[str], bins: Bins, seconds: float
 ) -> TaskRun:
@@ -69,18 +86,13 @@ def task_run(
             }
         )
 
-    def scored(key: str, length: int | None = None) -> list[tuple[tuple[int, int], int, float]]:
-        # Sets of different lengths are different contexts: (length, set) identifies one.
-        return [
-            ((p["context_tokens"], p["set_id"]), p["position_id"], p[key])
-            for p in predictions
-            if length is None or p["context_tokens"] == length
-        ]
-
-    curve = position_curve(scored("score"), bins)
+    paper_metric = scored_rows(predictions)
+    curve = position_curve(paper_metric, bins)
     lengths = sorted({p["context_tokens"] for p in predictions})
-    by_length = {length: position_curve(scored("score", length), bins) for length in lengths}
-    uncertainty = curve_uncertainty(scored("score"), bins)
+    by_length = {
+        length: position_curve(scored_rows(predictions, length=length), bins) for length in lengths
+    }
+    uncertainty = curve_uncertainty(paper_metric, bins)
     log.info(
         "%s: %d queries in %.1f s (%.2f s/query), Avg %.3f, Gap %.3f (95%% CI %.3f-%.3f; "
         "noise floor %.3f)",
@@ -93,7 +105,7 @@ def task_run(
         *uncertainty.gap_ci,
         uncertainty.gap_noise_floor,
     )
-    strict = scored("strict_score")
+    strict = scored_rows(predictions, "strict_score")
     return TaskRun(
         predictions,
         curve,

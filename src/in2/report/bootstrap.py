@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from in2.probing.metrics import Binning, Bins
+from in2.probing.results import scored_rows
 from in2.probing.uncertainty import CONFIDENCE, N_RESAMPLES, Cells, bin_means, gaps, interval
 
 Key = tuple[Hashable, int]
@@ -132,10 +133,7 @@ def compare_predictions(
     `score_key` is `strict_score` (the strict variant) or `score` (the paper's metric)."""
 
     def scored(rows: Iterable[Mapping[str, object]]) -> list[tuple[Key, float]]:
-        return [
-            (((r["context_tokens"], r["set_id"]), int(r["position_id"])), float(r[score_key]))
-            for r in rows
-        ]
+        return [((s, p), v) for s, p, v in scored_rows(rows, score_key)]
 
     return paired_bootstrap(
         pair_scores(scored(base_rows), scored(trained_rows)), bin_size, **kwargs

@@ -20,6 +20,7 @@ from typing import Any
 
 from in2.outputs import atomic_file, read_jsonl, write_json
 from in2.probing.metrics import Bins, overall, position_curve
+from in2.probing.results import scored_rows
 from in2.report.plots import Scores, plot_curves, plot_heatmap
 
 Predictions = Mapping[tuple[str, str], list[dict[str, Any]]]
@@ -84,10 +85,7 @@ def table1_scores(
     for model in models:
         curves = {}
         for task in tasks:
-            rows = predictions[model, task]
-            scored = [
-                ((r["context_tokens"], r["set_id"]), r["position_id"], r["score"]) for r in rows
-            ]
+            scored = scored_rows(predictions[model, task])
             try:
                 curves[task] = position_curve(scored, Bins(bin_size, "paper"))
             except ValueError:  # no whole bin: probes shorter than bin_size positions
